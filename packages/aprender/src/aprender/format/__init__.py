@@ -1,0 +1,1 @@
+"""Model file formats: safetensors, GGUF and GGUF to HF conversion."""

@@ -1,0 +1,51 @@
+"""The `entrenar` command line (click).
+
+Each command lives in its own module in this package and is listed in `_COMMANDS`. User errors
+(`aprender.errors.AprenderError`, which `EntrenarError` extends) print one line on stderr and exit
+with code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from aprender.errors import AprenderError
+from entrenar import __version__
+
+USER_ERROR_EXIT_CODE = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="entrenar")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Fine-tune a model on your data and publish it to the Hugging Face Hub."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+_COMMANDS: list[click.Command] = []
+for _command in _COMMANDS:
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the CLI, turning user errors into one line and exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="entrenar", standalone_mode=False, obj={})
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(USER_ERROR_EXIT_CODE)
+    except AprenderError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(USER_ERROR_EXIT_CODE)

@@ -17,3 +17,7 @@ class FormatError(AprenderError):
 
 class ConversionError(AprenderError):
     """A valid file cannot be converted (unsupported architecture, missing metadata)."""
+
+
+class PruningError(AprenderError, ValueError):
+    """A pruning request is invalid: sparsity outside [0, 1), a bad N:M pattern, mismatched shapes."""

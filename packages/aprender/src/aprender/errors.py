@@ -21,3 +21,7 @@ class ConversionError(AprenderError):
 
 class PruningError(AprenderError, ValueError):
     """A pruning request is invalid: sparsity outside [0, 1), a bad N:M pattern, mismatched shapes."""
+
+
+class InvalidArgumentError(AprenderError, ValueError):
+    """An argument value is invalid: wrong type, unparsable size, unknown device, reserved name."""

@@ -25,3 +25,47 @@ class PruningError(AprenderError, ValueError):
 
 class InvalidArgumentError(AprenderError, ValueError):
     """An argument value is invalid: wrong type, unparsable size, unknown device, reserved name."""
+
+
+class MetricInputError(AprenderError, ValueError):
+    """Metric inputs are empty, non-finite or mis-shaped, or a metric option is out of range."""
+
+
+class TokenizerError(AprenderError):
+    """A tokenizer file or its config is missing or invalid, or a tokenizer argument is out of range."""
+
+
+class ChatTemplateError(TokenizerError):
+    """A chat template does not compile, rejects a conversation, or cannot yield an assistant mask."""
+
+
+class HubError(AprenderError):
+    """A Hugging Face Hub operation failed; the message names the repo and the endpoint."""
+
+
+class InvalidRepoIdError(HubError, ValueError):
+    """A repo id is not of the form ``namespace/name`` with the Hub's allowed characters."""
+
+
+class HubAuthError(HubError):
+    """The Hub rejected the token (HTTP 401)."""
+
+
+class HubTokenMissingError(HubAuthError):
+    """An operation needs a token and none was given or found (argument, env vars, token file)."""
+
+
+class HubPermissionError(HubError):
+    """The token is valid but may not write to this namespace or repo (HTTP 403)."""
+
+
+class HubNotFoundError(HubError):
+    """The repo, revision or file does not exist, or is private and invisible to this token (HTTP 404)."""
+
+
+class HubUnreachableError(HubError):
+    """The Hub endpoint cannot be reached or keeps failing (connection refused or cut, 5xx after retries)."""
+
+
+class HubOfflineError(HubError):
+    """Offline mode (``HF_HUB_OFFLINE=1``) is on and what was asked for is not in the local cache."""

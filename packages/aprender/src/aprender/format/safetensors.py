@@ -27,8 +27,7 @@ import json
 import math
 import os
 import re
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import IO, Any, TypeGuard
 import torch
 from safetensors import SafetensorError, safe_open
 
+from aprender.atomic import atomic_write
 from aprender.errors import AprenderError, FormatError, InvalidArgumentError
 
 __all__ = [
@@ -185,7 +185,7 @@ def save_file(
         for tensor in ordered:
             _write_tensor(stream, tensor)
 
-    _atomic_write(Path(path), write)
+    atomic_write(path, write)
 
 
 def save(
@@ -297,20 +297,6 @@ def _write_tensor(stream: IO[bytes], tensor: torch.Tensor) -> None:
     stream.write(data.reshape(-1).view(torch.uint8).numpy().data)
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write via a temp file next to `path`, fsync, then `os.replace`; remove the temp file on failure."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("xb") as stream:  # created with the default mode, so the umask applies
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _plan_shards(tensors: Mapping[str, torch.Tensor], limit: int) -> list[list[str]]:
     """Group names in order into shards of at most `limit` data bytes (an oversized tensor alone)."""
     shards: list[list[str]] = []
@@ -341,7 +327,7 @@ def _save_shards(
     index = {"metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())}, "weight_map": weight_map}
     text = (json.dumps(index, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     index_path = folder / f"{prefix}.safetensors.index.json"
-    _atomic_write(index_path, lambda stream: stream.write(text))
+    atomic_write(index_path, lambda stream: stream.write(text))
     return [*paths, index_path]
 
 

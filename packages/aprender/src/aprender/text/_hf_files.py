@@ -6,8 +6,6 @@ Private helpers of `aprender.text.tokenizer`; see its docstring for the rules th
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -196,17 +194,3 @@ def settings_to_kwargs(backend: Backend, settings: dict[str, Any], source: Path)
         "clean_up_tokenization_spaces": bool(settings.get("clean_up_tokenization_spaces", False)),
         "extra_config": {k: v for k, v in settings.items() if k not in OWNED_KEYS and k not in named},
     }
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary sibling and `os.replace`, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

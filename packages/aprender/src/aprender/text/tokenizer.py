@@ -26,7 +26,6 @@ https://huggingface.co/docs/transformers/main_classes/tokenizer.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 from tokenizers import AddedToken, processors
 from tokenizers import Tokenizer as Backend
 
+from aprender.atomic import atomic_write_json, atomic_write_text
 from aprender.errors import TokenizerError
 from aprender.text._hf_files import (
     ADDED_TOKEN_FIELDS,
@@ -50,7 +50,6 @@ from aprender.text._hf_files import (
     read_json_object,
     read_template_files,
     settings_to_kwargs,
-    write_atomic,
 )
 
 # transformers' `clean_up_tokenization`: undo the spaces a WordPiece decoder puts before punctuation.
@@ -447,8 +446,8 @@ class Tokenizer:
                 raise TokenizerError(f"{shadow} would override the saved chat template; remove it or save elsewhere")
         folder.mkdir(parents=True, exist_ok=True)
         tokenizer_path, config_path = folder / TOKENIZER_FILE, folder / CONFIG_FILE
-        write_atomic(tokenizer_path, self._backend.to_str(pretty=True))
-        write_atomic(config_path, json.dumps(self._config(), indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(tokenizer_path, self._backend.to_str(pretty=True))
+        atomic_write_json(config_path, self._config())
         return tokenizer_path, config_path
 
     def _config(self) -> dict[str, Any]:

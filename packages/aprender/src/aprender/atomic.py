@@ -1,0 +1,60 @@
+"""Atomic file writes: readers see the old file or the new one, never half of either.
+
+Every file the project writes for a user (checkpoints, configs, tokenizers, Hub storage) goes
+through `atomic_write`: the bytes land in a temporary sibling, are fsynced, then `os.replace`d over
+the target. A crash or exception mid-write leaves the previous file untouched and no temp file.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.json"
+    >>> atomic_write_json(p, {"a": 1})
+    >>> p.read_text()
+    '{\\n  "a": 1\\n}\\n'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
+    """Call `write(stream)` on a temp file next to `path`, fsync it, then move it over `path`.
+
+    Args:
+        path: the file to create or replace; its folder must exist.
+        write: writes the whole content to the binary stream it is given.
+
+    Raises:
+        Whatever `write` or the file system raises; the temp file is removed and `path` is unchanged.
+    """
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with tmp.open("xb") as stream:  # created with the default mode, so the umask applies
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Atomically replace `path` with `data`."""
+    atomic_write(path, lambda stream: stream.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically replace `path` with `text`, UTF-8 encoded."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> None:
+    """Atomically replace `path` with `obj` as JSON (UTF-8, non-ASCII kept, trailing newline)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")

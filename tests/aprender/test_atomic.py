@@ -1,0 +1,48 @@
+"""aprender.atomic: the old file survives any failure; the new one appears whole."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from aprender.atomic import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def test_writes_text_bytes_and_json(tmp_path: Path) -> None:
+    atomic_write_text(tmp_path / "a.txt", "café\n")
+    atomic_write_bytes(tmp_path / "b.bin", b"\x00\xff")
+    atomic_write_json(tmp_path / "c.json", {"k": "ñ", "n": [1, 2]})
+    assert (tmp_path / "a.txt").read_bytes() == "café\n".encode()
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\xff"
+    assert (tmp_path / "c.json").read_text(encoding="utf-8") == '{\n  "k": "ñ",\n  "n": [\n    1,\n    2\n  ]\n}\n'
+    assert json.loads((tmp_path / "c.json").read_text(encoding="utf-8")) == {"k": "ñ", "n": [1, 2]}
+
+
+def test_failure_mid_write_keeps_previous_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "ckpt.bin"
+    target.write_bytes(b"previous")
+
+    def half_then_fail(stream: IO[bytes]) -> None:
+        stream.write(b"partial")
+        raise KeyboardInterrupt  # BaseException too: Ctrl-C mid-write must not corrupt the file
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, half_then_fail)
+    assert target.read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == ["ckpt.bin"]
+
+
+def test_replaces_existing_file_and_respects_umask(tmp_path: Path) -> None:
+    target = tmp_path / "x.txt"
+    target.write_text("old")
+    old_umask = os.umask(0o027)
+    try:
+        atomic_write_text(target, "new")
+    finally:
+        os.umask(old_umask)
+    assert target.read_text() == "new"
+    assert target.stat().st_mode & 0o777 == 0o640

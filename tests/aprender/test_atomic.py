@@ -46,3 +46,12 @@ def test_replaces_existing_file_and_respects_umask(tmp_path: Path) -> None:
         os.umask(old_umask)
     assert target.read_text() == "new"
     assert target.stat().st_mode & 0o777 == 0o640
+
+
+def test_unserialisable_json_keeps_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "a.json"
+    atomic_write_json(target, {"ok": "é"})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"bad": object()})
+    assert json.loads(target.read_text(encoding="utf-8")) == {"ok": "é"}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

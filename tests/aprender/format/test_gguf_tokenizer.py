@@ -25,7 +25,6 @@ from aprender.format.gguf_tokenizer import (
     gguf_tokenizer_config,
     gguf_tokenizer_json,
     save_gguf_tokenizer,
-    write_json_atomic,
 )
 from fixtures.gguf_vocab import CHAT_TEMPLATE, USER_TOKEN, GGUFVocab, byte_level_vocab, sentencepiece_vocab
 
@@ -322,16 +321,6 @@ def test_save_writes_both_files_atomically(tmp_path: Path) -> None:
     assert json.loads(paths[0].read_text()) == gguf_tokenizer_json(meta)
     assert json.loads(paths[1].read_text()) == gguf_tokenizer_config(meta) | {"model_max_length": 64}
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
-
-
-def test_write_json_atomic_keeps_the_old_file_on_error(tmp_path: Path) -> None:
-    target = tmp_path / "a.json"
-    assert write_json_atomic(target, {"ok": "é"}) == target
-    assert target.read_text(encoding="utf-8") == '{\n  "ok": "é"\n}\n'
-    with pytest.raises(TypeError):
-        write_json_atomic(target, {"bad": object()})
-    assert json.loads(target.read_text(encoding="utf-8")) == {"ok": "é"}
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp file left behind
 
 
 @pytest.mark.parametrize(

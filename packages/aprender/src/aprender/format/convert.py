@@ -32,10 +32,11 @@ from typing import Any
 
 import torch
 
+from aprender.atomic import atomic_write_json
 from aprender.errors import ConversionError, InvalidArgumentError
 from aprender.format import safetensors
 from aprender.format.gguf import read_gguf
-from aprender.format.gguf_tokenizer import save_gguf_tokenizer, write_json_atomic
+from aprender.format.gguf_tokenizer import save_gguf_tokenizer
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
@@ -417,8 +418,8 @@ def convert_gguf_to_hf(
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target))
         try:
             save_gguf_tokenizer(gguf.metadata, staging)
-            write_json_atomic(staging / "config.json", config)
-            write_json_atomic(staging / "generation_config.json", hf_generation_config(gguf.metadata))
+            atomic_write_json(staging / "config.json", config)
+            atomic_write_json(staging / "generation_config.json", hf_generation_config(gguf.metadata))
             tensors = _load_weights(gguf, config, arch, dtype)
             safetensors.save(tensors, staging, max_shard_size=max_shard_size)
             del tensors

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
+from aprender.atomic import atomic_write_json
 from aprender.errors import ConversionError
 
 __all__ = [
@@ -308,17 +308,8 @@ def gguf_tokenizer_config(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-def write_json_atomic(path: Path, content: Mapping[str, Any]) -> Path:
-    """Write `content` as indented UTF-8 JSON to `path` through a temp file in the same folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(content, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_json(path: Path, content: Mapping[str, Any]) -> Path:
+    atomic_write_json(path, content)
     return path
 
 
@@ -342,6 +333,6 @@ def save_gguf_tokenizer(metadata: Mapping[str, Any], out_dir: str | os.PathLike[
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return [
-        write_json_atomic(folder / "tokenizer.json", document),
-        write_json_atomic(folder / "tokenizer_config.json", config),
+        _write_json(folder / "tokenizer.json", document),
+        _write_json(folder / "tokenizer_config.json", config),
     ]

@@ -59,3 +59,7 @@ class DataError(EntrenarError, ValueError):
 
 class InvalidRecordError(DataError):
     """One data record is malformed (bad JSON, missing field, wrong type, empty reply); the message names file:line."""
+
+
+class ConfigError(EntrenarError, ValueError):
+    """A training config is invalid (YAML syntax, unknown key, wrong type, bad value); names the file and key path."""

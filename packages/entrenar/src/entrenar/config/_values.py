@@ -1,0 +1,234 @@
+"""Generic checks driven by each field's `Spec`: unknown and missing keys, types, choices and ranges.
+
+Every failure is a one-line `ConfigError` built by `Context.error`:
+``<source>: <key path>: <what is wrong>[; what to do][ (from the command line)]``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable, Collection
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
+
+from entrenar.config.schema import ALL_LINEAR, Spec
+from entrenar.errors import ConfigError
+
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "pair": "a list of two numbers",
+    "targets": "'all-linear', a regex string or a list of module names",
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where the mapping came from, for error messages and relative paths.
+
+    Attributes:
+        source: Label that starts each message (the config file as the user named it, or ``<dict>``).
+        base_dir: Absolute folder that relative paths are resolved against.
+        from_cli: Key paths set by command-line overrides; errors at, under or above them say so.
+    """
+
+    source: str
+    base_dir: str
+    from_cli: Collection[str] = ()
+
+    def error(self, path: str, message: str, *related: str) -> ConfigError:
+        """A `ConfigError` for `path` (also marked as from the command line when a `related` path was)."""
+        suffix = " (from the command line)" if any(self._from_cli(p) for p in (path, *related)) else ""
+        where = f"{path}: " if path else ""
+        return config_error(f"{self.source}: {where}{message}{suffix}")
+
+    def _from_cli(self, path: str) -> bool:
+        """`path` was set by an override, lies under one, or holds one (``lorra`` for ``lorra.rank=4``)."""
+        if not path:
+            return False
+        return any(
+            path == key or path.startswith((key + ".", key + "[")) or key.startswith(path + ".")
+            for key in self.from_cli
+        )
+
+
+def config_error(message: str) -> ConfigError:
+    """A `ConfigError` whose message is one printable line (control characters and line breaks escaped)."""
+    return ConfigError("".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message))
+
+
+def describe(value: object) -> str:
+    """A short, YAML-flavoured rendering of `value` for messages (``'three'``, ``null``, ``a list``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def join_path(parent: str, key: object) -> str:
+    """``parent.key`` (or ``key`` at the top level)."""
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def check_keys(raw: dict[Any, Any], valid: list[str], required: list[str], path: str, ctx: Context) -> None:
+    """Reject keys not in `valid` (suggesting the closest) and report the first missing required key.
+
+    Raises:
+        ConfigError: ``<path>.<key>: unknown key; did you mean <close>?`` or ``missing required key``.
+    """
+    for key in raw:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"valid keys: {', '.join(valid)}"
+            raise ctx.error(join_path(path, key), f"unknown key; {hint}")
+    for key in required:
+        if key not in raw:
+            raise ctx.error(join_path(path, key), "missing required key")
+
+
+def read_section(cls: type, raw: object, path: str, ctx: Context) -> dict[str, Any]:
+    """Validate one section mapping against the specs of dataclass `cls`.
+
+    Args:
+        cls: The section dataclass; fields without a ``spec`` in their metadata are derived, not keys.
+        raw: The section's value from YAML (None counts as an empty mapping).
+        path: The section's key path (``lora``).
+        ctx: Error context.
+
+    Returns:
+        The converted values of the keys present (absent keys are left for the caller's defaults).
+
+    Raises:
+        ConfigError: The section is not a mapping, or a key is unknown, missing or invalid.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ctx.error(path, f"expected a mapping of keys, got {describe(raw)}")
+    specs = {f.name: f.metadata["spec"] for f in fields(cls) if "spec" in f.metadata}
+    required = [f.name for f in fields(cls) if "spec" in f.metadata and f.default is MISSING]
+    check_keys(raw, list(specs), required, path, ctx)
+    return {key: convert(value, specs[key], join_path(path, key), ctx) for key, value in raw.items()}
+
+
+def convert(value: object, spec: Spec, path: str, ctx: Context) -> Any:
+    """Check `value` against `spec` and return it in its Python form (ints to floats, lists to tuples).
+
+    Raises:
+        ConfigError: Wrong type, not one of the choices, or out of range.
+    """
+    if value is None:
+        if spec.nullable:
+            return None
+        raise ctx.error(path, f"expected {_EXPECTED[spec.kind]}, got null")
+    result = _CONVERTERS[spec.kind](value, spec, path, ctx)
+    if spec.choices and result not in spec.choices:
+        raise ctx.error(path, _not_a_choice(result, spec.choices))
+    return result
+
+
+def _not_a_choice(value: object, choices: tuple[object, ...]) -> str:
+    names = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(value), names, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"{describe(value)} is not one of {', '.join(names)}{hint}"
+
+
+def _to_int(value: object, spec: Spec, path: str, ctx: Context) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ctx.error(path, f"expected an integer, got {describe(value)}")
+    _check_range(value, spec, path, ctx)
+    return value
+
+
+def _to_float(value: object, spec: Spec, path: str, ctx: Context) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ctx.error(path, f"expected a number, got {describe(value)}")
+    if not math.isfinite(value):
+        raise ctx.error(path, f"expected a finite number, got {describe(value)}")
+    _check_range(value, spec, path, ctx)
+    return float(value)
+
+
+def _to_bool(value: object, spec: Spec, path: str, ctx: Context) -> bool:
+    if not isinstance(value, bool):
+        raise ctx.error(path, f"expected true or false, got {describe(value)}")
+    return value
+
+
+def _to_str(value: object, spec: Spec, path: str, ctx: Context) -> str:
+    if not isinstance(value, str):
+        hint = " (quote it in YAML)" if isinstance(value, int | float) else ""
+        raise ctx.error(path, f"expected a string, got {describe(value)}{hint}")
+    if not value.strip():
+        raise ctx.error(path, "expected a non-empty string")
+    return value
+
+
+def _to_pair(value: object, spec: Spec, path: str, ctx: Context) -> tuple[float, float]:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ctx.error(path, f"expected a list of two numbers like [0.9, 0.999], got {describe(value)}")
+    first, second = (_to_float(item, spec, f"{path}[{i}]", ctx) for i, item in enumerate(value))
+    return first, second
+
+
+def _to_targets(value: object, spec: Spec, path: str, ctx: Context) -> str | tuple[str, ...]:
+    if isinstance(value, str):
+        return _target_pattern(value, path, ctx)
+    if not isinstance(value, list | tuple) or not value:
+        raise ctx.error(path, f"expected {_EXPECTED['targets']}, got {describe(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise ctx.error(f"{path}[{i}]", f"expected a module name like q_proj, got {describe(item)}")
+    return tuple(dict.fromkeys(value))
+
+
+def _target_pattern(value: str, path: str, ctx: Context) -> str:
+    if value.lower() == ALL_LINEAR:
+        return ALL_LINEAR
+    if not value.strip():
+        raise ctx.error(path, f"expected {_EXPECTED['targets']}, got ''")
+    try:
+        re.compile(value)
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise ctx.error(path, f"regex {describe(value)} does not compile ({exc}); fix the pattern") from exc
+    return value
+
+
+def _check_range(value: float, spec: Spec, path: str, ctx: Context) -> None:
+    low_ok = spec.low is None or (value > spec.low if spec.low_open else value >= spec.low)
+    high_ok = spec.high is None or (value < spec.high if spec.high_open else value <= spec.high)
+    if not (low_ok and high_ok):
+        raise ctx.error(path, f"must be {_interval(spec)}, got {describe(value)}")
+
+
+def _interval(spec: Spec) -> str:
+    assert spec.low is not None  # the schema gives every upper bound a lower one
+    if spec.high is None:
+        return f"{'>' if spec.low_open else '>='} {_number(spec.low)}"
+    left, right = "(" if spec.low_open else "[", ")" if spec.high_open else "]"
+    return f"in {left}{_number(spec.low)}, {_number(spec.high)}{right}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+_CONVERTERS: dict[str, Callable[[Any, Spec, str, Context], Any]] = {
+    "int": _to_int,
+    "float": _to_float,
+    "bool": _to_bool,
+    "str": _to_str,
+    "pair": _to_pair,
+    "targets": _to_targets,
+}

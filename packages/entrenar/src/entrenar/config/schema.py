@@ -1,0 +1,342 @@
+"""The training config, schema v1: one frozen dataclass per YAML section and the root `TrainConfig`.
+
+Each field carries a `Spec` in its metadata (type, allowed values, range, whether ``null`` is allowed);
+`entrenar.config.load` walks these specs to validate a YAML mapping, so the table below and the
+validator cannot drift apart. Build configs with `load_config` or `TrainConfig.from_dict`: they
+validate every key, fill the defaults that depend on other keys and make paths absolute. Constructing
+the dataclasses by hand skips all of that.
+
+The training method is derived, not written: no ``lora`` section means a full fine-tune, ``lora``
+alone means LoRA, ``lora`` plus ``quantize`` means QLoRA (see `TrainConfig.method`). A separate
+``method`` key could only repeat (or contradict) what the sections already say.
+
+A ``null`` section (``lora:`` with nothing under it) is the same as no section; ``lora: {}`` turns
+LoRA on with every default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field
+from typing import Any
+
+__all__ = [
+    "DATA_FORMATS",
+    "DTYPES",
+    "GGUF_TYPES",
+    "LORA_INITS",
+    "OPTIMIZER_NAMES",
+    "PUBLISH_FORMATS",
+    "QUANT_TYPES",
+    "SCHEDULER_NAMES",
+    "TRAIN_ON",
+    "DataSection",
+    "LoraSection",
+    "ModelSection",
+    "OptimizerSection",
+    "PublishSection",
+    "QuantizeSection",
+    "SchedulerSection",
+    "Spec",
+    "TrainConfig",
+    "TrainingSection",
+]
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DATA_FORMATS = ("auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt")
+TRAIN_ON = ("completion", "all")
+OPTIMIZER_NAMES = ("adamw", "adam", "sgd", "adamw8bit")
+ADAM_FAMILY = ("adamw", "adam", "adamw8bit")
+SCHEDULER_NAMES = ("constant", "linear", "cosine", "step", "inverse_sqrt")
+DECAYING_SCHEDULERS = ("linear", "cosine")
+LORA_INITS = ("default", "gaussian", "pissa", "none")
+QUANT_BITS = (4, 8)
+QUANT_TYPES = ("nf4", "int8")
+PUBLISH_FORMATS = ("safetensors", "gguf")
+GGUF_TYPES = ("f16", "q8_0", "q4_0")
+ALL_LINEAR = "all-linear"
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts more
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one YAML key is validated.
+
+    Attributes:
+        kind: ``"int"``, ``"float"`` (ints accepted), ``"bool"``, ``"str"`` (non-empty), ``"pair"`` (two
+            floats, from a list) or ``"targets"`` (``"all-linear"``, a regex string or a list of names).
+        choices: Allowed values; empty means any value of the kind.
+        low: Lower bound for numbers (and each element of a pair); None for none.
+        high: Upper bound; None for none.
+        low_open: The lower bound itself is excluded.
+        high_open: The upper bound itself is excluded.
+        nullable: ``null`` is allowed (and means "unset", see the field's docstring).
+    """
+
+    kind: str
+    choices: tuple[object, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    nullable: bool = False
+
+
+def _key(default: Any = MISSING, **spec: Any) -> Any:
+    """A dataclass field that is a YAML key; no `default` makes the key required."""
+    return field(default=default, metadata={"spec": Spec(**spec)})
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """``model:`` the base model.
+
+    Attributes:
+        path: A local folder or file, or a Hub repo id. Relative paths are resolved against the folder of
+            the config file (``~`` is expanded). A value that is not an existing path, is a valid
+            ``namespace/name`` repo id and does not end in a model-file extension (``.gguf``,
+            ``.safetensors``, ``.bin``, ``.pt``, ``.pth``, ``.ckpt``, ``.json``) is a Hub id. Required.
+        revision: Hub only: a branch, tag or commit to pin; null takes the default branch.
+        dtype: Weights dtype while training: ``auto`` (the checkpoint's), ``float32``, ``bfloat16``,
+            ``float16``.
+        source: Derived, not a YAML key: ``"local"`` (``path`` is absolute) or ``"hub"`` (``path`` is a
+            repo id). Decided without network access.
+    """
+
+    path: str = _key(kind="str")
+    revision: str | None = _key(None, kind="str", nullable=True)
+    dtype: str = _key("auto", kind="str", choices=DTYPES)
+    source: str = "local"  # derived by the loader; no Spec, so not a YAML key
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """``data:`` what to train on.
+
+    Attributes:
+        train_path: A file, a folder or a glob (``data/*.jsonl``); relative to the config file's folder.
+            Must exist (a glob must match at least one path). Required.
+        val_path: Validation data, same rules as ``train_path``; null for none. Excludes ``val_split``.
+        val_split: Fraction of the training samples held out for validation, in (0, 1); null for none.
+            Excludes ``val_path``.
+        format: Record format: ``auto`` (detected), ``text``, ``prompt_completion``, ``alpaca``,
+            ``messages``, ``sharegpt``.
+        seq_len: Tokens per training sequence (>= 2: at least one input and one target token).
+        batch_size: Sequences per micro-batch (>= 1).
+        packing: Concatenate samples into full ``seq_len`` rows instead of padding each one.
+        train_on: ``completion`` (loss on the answer only; prompt tokens masked) or ``all``.
+        skip_invalid: Skip malformed records (with a warning) instead of stopping at the first one.
+    """
+
+    train_path: str = _key(kind="str")
+    val_path: str | None = _key(None, kind="str", nullable=True)
+    val_split: float | None = _key(None, kind="float", low=0.0, high=1.0, low_open=True, high_open=True, nullable=True)
+    format: str = _key("auto", kind="str", choices=DATA_FORMATS)
+    seq_len: int = _key(1024, kind="int", low=2)
+    batch_size: int = _key(8, kind="int", low=1)
+    packing: bool = _key(True, kind="bool")
+    train_on: str = _key("completion", kind="str", choices=TRAIN_ON)
+    skip_invalid: bool = _key(False, kind="bool")
+
+
+@dataclass(frozen=True)
+class OptimizerSection:
+    """``optimizer:`` how weights are updated.
+
+    Attributes:
+        name: ``adamw``, ``adam``, ``sgd`` or ``adamw8bit`` (AdamW with block-wise 8-bit states).
+        lr: Peak learning rate, > 0.
+        weight_decay: Decoupled (AdamW) or L2 (Adam, SGD) weight decay, >= 0.
+        betas: Adam family only: the two moment decay rates, each in [0, 1). null (the only value for
+            ``sgd``) means ``[0.9, 0.999]`` for the Adam family.
+        eps: Adam family only: denominator epsilon, > 0. null means ``1e-8`` for the Adam family.
+        momentum: ``sgd`` only: momentum factor in [0, 1). null means ``0.0`` for ``sgd``.
+        loraplus_lr_ratio: LoRA+ (https://arxiv.org/abs/2402.12354): LoRA B matrices learn at
+            ``lr * ratio``, > 0. Needs a ``lora`` section; null turns it off.
+    """
+
+    name: str = _key("adamw", kind="str", choices=OPTIMIZER_NAMES)
+    lr: float = _key(2e-4, kind="float", low=0.0, low_open=True)
+    weight_decay: float = _key(0.0, kind="float", low=0.0)
+    betas: tuple[float, float] | None = _key(None, kind="pair", low=0.0, high=1.0, high_open=True, nullable=True)
+    eps: float | None = _key(None, kind="float", low=0.0, low_open=True, nullable=True)
+    momentum: float | None = _key(None, kind="float", low=0.0, high=1.0, high_open=True, nullable=True)
+    loraplus_lr_ratio: float | None = _key(None, kind="float", low=0.0, low_open=True, nullable=True)
+
+
+@dataclass(frozen=True)
+class SchedulerSection:
+    """``scheduler:`` the learning-rate schedule (all start with a linear warmup from 0).
+
+    Attributes:
+        name: ``constant``, ``linear``, ``cosine`` (decay to ``min_lr_ratio * lr``), ``step`` (multiply
+            by ``gamma`` every ``step_size`` steps) or ``inverse_sqrt`` (``sqrt(warmup / step)`` after
+            warmup; needs ``warmup_steps`` > 0).
+        warmup_steps: Optimizer steps of warmup, >= 0; below ``training.max_steps`` for ``linear`` and
+            ``cosine`` when that is set.
+        min_lr_ratio: ``linear``/``cosine`` only: final lr as a fraction of ``lr``, in [0, 1]; null means
+            0.1 for those two.
+        step_size: ``step`` only (and required there): steps between decays, >= 1.
+        gamma: ``step`` only: decay factor in (0, 1]; null means 0.1 for ``step``.
+    """
+
+    name: str = _key("cosine", kind="str", choices=SCHEDULER_NAMES)
+    warmup_steps: int = _key(0, kind="int", low=0)
+    min_lr_ratio: float | None = _key(None, kind="float", low=0.0, high=1.0, nullable=True)
+    step_size: int | None = _key(None, kind="int", low=1, nullable=True)
+    gamma: float | None = _key(None, kind="float", low=0.0, high=1.0, low_open=True, nullable=True)
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    """``lora:`` train low-rank adapters instead of all weights (https://arxiv.org/abs/2106.09685).
+
+    Attributes:
+        rank: r, the inner width of the adapter, >= 1.
+        alpha: Scaling numerator (``alpha / rank``, or ``alpha / sqrt(rank)`` with rsLoRA), > 0.
+        dropout: Dropout on the adapter input while training, in [0, 1).
+        target_modules: ``all-linear`` (every linear layer but the LM head), a list of module names matched
+            as path suffixes (``[q_proj, v_proj]``), or a regex string matched against whole module paths.
+        use_rslora: Scale by ``alpha / sqrt(rank)`` (https://arxiv.org/abs/2312.03732).
+        use_dora: Weight-decomposed LoRA (https://arxiv.org/abs/2402.09353).
+        init: Adapter initialisation: ``default`` (B = 0), ``gaussian``, ``pissa`` (principal singular
+            vectors) or ``none`` (both random; for debugging).
+    """
+
+    rank: int = _key(64, kind="int", low=1)
+    alpha: float = _key(16.0, kind="float", low=0.0, low_open=True)
+    dropout: float = _key(0.0, kind="float", low=0.0, high=1.0, high_open=True)
+    target_modules: str | tuple[str, ...] = _key(ALL_LINEAR, kind="targets")
+    use_rslora: bool = _key(False, kind="bool")
+    use_dora: bool = _key(False, kind="bool")
+    init: str = _key("default", kind="str", choices=LORA_INITS)
+
+
+@dataclass(frozen=True)
+class QuantizeSection:
+    """``quantize:`` its presence (with ``lora``) makes the run QLoRA: the frozen base is quantized.
+
+    Attributes:
+        bits: 4 or 8.
+        type: ``nf4`` (4-bit NormalFloat, https://arxiv.org/abs/2305.14314) or ``int8`` (8-bit absmax);
+            must agree with ``bits``. Omitted: ``nf4`` for 4 bits, ``int8`` for 8.
+        double_quant: ``nf4`` only: quantize the absmax scales too (~0.37 bits/weight saved). Omitted:
+            true for ``nf4``, false for ``int8``.
+    """
+
+    bits: int = _key(4, kind="int", choices=QUANT_BITS)
+    type: str = _key("nf4", kind="str", choices=QUANT_TYPES)
+    double_quant: bool = _key(True, kind="bool")
+
+
+@dataclass(frozen=True)
+class TrainingSection:
+    """``training:`` the loop.
+
+    Attributes:
+        epochs: Passes over the training data, >= 1 (``max_steps`` stops earlier when set).
+        max_steps: Stop after this many optimizer steps, >= 1; null runs all ``epochs``.
+        grad_accum: Micro-batches per optimizer step, >= 1.
+        grad_clip: Clip the global gradient L2 norm to this, > 0; null turns clipping off.
+        eval_every: Evaluate on the validation data every this many optimizer steps, >= 1.
+        save_every: Save a checkpoint every this many optimizer steps, >= 1.
+        keep_checkpoints: Keep only the newest this many checkpoints, >= 1.
+        seed: Seed for weights init, dropout and data order, in [0, 2**32 - 1].
+        output_dir: The output folder (relative to the config file's folder); must not be a file.
+        early_stopping_patience: Stop after this many evaluations without a better validation loss,
+            >= 1; needs ``data.val_path`` or ``data.val_split``. null turns it off.
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        log_every: Write a line to ``metrics.jsonl`` every this many optimizer steps, >= 1.
+    """
+
+    epochs: int = _key(3, kind="int", low=1)
+    max_steps: int | None = _key(None, kind="int", low=1, nullable=True)
+    grad_accum: int = _key(1, kind="int", low=1)
+    grad_clip: float | None = _key(1.0, kind="float", low=0.0, low_open=True, nullable=True)
+    eval_every: int = _key(100, kind="int", low=1)
+    save_every: int = _key(200, kind="int", low=1)
+    keep_checkpoints: int = _key(2, kind="int", low=1)
+    seed: int = _key(42, kind="int", low=0, high=MAX_SEED)
+    output_dir: str = _key("./output", kind="str")
+    early_stopping_patience: int | None = _key(None, kind="int", low=1, nullable=True)
+    gradient_checkpointing: bool = _key(False, kind="bool")
+    log_every: int = _key(10, kind="int", low=1)
+
+
+@dataclass(frozen=True)
+class PublishSection:
+    """``publish:`` upload the result to a Hugging Face Hub repo after training.
+
+    Attributes:
+        repo: ``namespace/name`` (checked with the Hub's rules before training). Required in the section.
+        private: Create the repo as private.
+        model_card: Write and upload a README.md model card.
+        merge_adapters: LoRA/QLoRA only: upload the base with the adapters merged in (true) or the adapter
+            alone (false). null means true for LoRA/QLoRA; must stay null for a full fine-tune.
+        format: ``safetensors`` (HF layout) or ``gguf`` (needs merged weights).
+        gguf_type: ``gguf`` only: ``f16``, ``q8_0`` or ``q4_0``; null means ``f16`` for ``gguf``.
+        endpoint: Hub URL (``http://`` or ``https://``); null uses ``HF_ENDPOINT`` or huggingface.co.
+    """
+
+    repo: str = _key(kind="str")
+    private: bool = _key(False, kind="bool")
+    model_card: bool = _key(True, kind="bool")
+    merge_adapters: bool | None = _key(None, kind="bool", nullable=True)
+    format: str = _key("safetensors", kind="str", choices=PUBLISH_FORMATS)
+    gguf_type: str | None = _key(None, kind="str", choices=GGUF_TYPES, nullable=True)
+    endpoint: str | None = _key(None, kind="str", nullable=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The whole config (schema v1). Sections ``model`` and ``data`` are required.
+
+    Attributes:
+        model: `ModelSection`.
+        data: `DataSection`.
+        optimizer: `OptimizerSection`.
+        scheduler: `SchedulerSection`.
+        lora: `LoraSection`, or None for a full fine-tune.
+        quantize: `QuantizeSection` (needs ``lora``), or None.
+        training: `TrainingSection`.
+        publish: `PublishSection`, or None to skip publishing.
+
+    Example:
+        >>> cfg = TrainConfig.from_dict({"model": {"path": "Qwen/Qwen2.5-0.5B"}, "data": {"train_path": "."}})
+        >>> cfg.method, cfg.model.source
+        ('full', 'hub')
+    """
+
+    model: ModelSection
+    data: DataSection
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    lora: LoraSection | None = None
+    quantize: QuantizeSection | None = None
+    training: TrainingSection = field(default_factory=TrainingSection)
+    publish: PublishSection | None = None
+
+    @property
+    def method(self) -> str:
+        """``"full"`` without ``lora``, ``"qlora"`` with ``lora`` and ``quantize``, else ``"lora"``."""
+        if self.lora is None:
+            return "full"
+        return "lora" if self.quantize is None else "qlora"
+
+    @classmethod
+    def from_dict(cls, data: object, *, source: str = "<dict>", base_dir: str | None = None) -> TrainConfig:
+        """Validate a plain mapping (as YAML would give) and build the config.
+
+        Args:
+            data: The mapping, e.g. ``yaml.safe_load`` of a config file or `config_to_dict` output.
+            source: Label that starts every error message (a file name, ``"<dict>"``).
+            base_dir: Folder that relative paths are resolved against; None uses the current directory.
+
+        Returns:
+            The validated config with defaults filled and absolute local paths.
+
+        Raises:
+            ConfigError: The first problem found, naming `source` and the key path.
+        """
+        from entrenar.config.load import config_from_mapping  # load.py imports this module
+
+        return config_from_mapping(data, source=source, base_dir=base_dir)

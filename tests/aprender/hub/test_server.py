@@ -183,15 +183,21 @@ def test_preupload_modes_oids_and_gitignore(local_hub: LocalHub, repo: str) -> N
         {"path": "big.txt", "sample": base64.b64encode(b"text").decode(), "size": REGULAR_FILE_LIMIT + 1},
         {"path": "w.bin", "sample": base64.b64encode(b"\0\1").decode(), "size": 2},
         {"path": "run.log", "sample": "", "size": 0},
+        {"path": "m.safetensors", "sample": base64.b64encode(b"no zero byte").decode(), "size": 12},
+        {"path": "data.txt", "sample": base64.b64encode(b"a\0b").decode(), "size": 3},
     ]
     body = {"files": files, "gitIgnore": "*.log\n"}
     status, _, raw = _call(local_hub, "POST", f"/api/models/{repo}/preupload/main", body, local_hub.tokens["alice"])
     answers = {f["path"]: f for f in json.loads(raw)["files"]}
-    assert status == 200 and [answers[p]["uploadMode"] for p in ("a.txt", "big.txt", "w.bin", "run.log")] == [
+    paths = ("a.txt", "big.txt", "w.bin", "run.log", "m.safetensors", "data.txt")
+    # LFS: over 10 MiB, a model-file suffix (whatever its bytes, as the Hub's .gitattributes), or binary content
+    assert status == 200 and [answers[p]["uploadMode"] for p in paths] == [
         "regular",
         "lfs",
         "lfs",
         "regular",
+        "lfs",
+        "lfs",
     ]
     assert answers["a.txt"]["oid"] == "ce013625030ba8dba906f756967f9e9ca394464a" and "oid" not in answers["w.bin"]
     assert answers["run.log"]["shouldIgnore"] and not answers["a.txt"]["shouldIgnore"]

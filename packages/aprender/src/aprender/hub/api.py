@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import IO, Any
 from urllib.parse import quote, urlencode
 
@@ -47,6 +48,39 @@ MAX_API_BODY = 256 * 1024 * 1024  # JSON / NDJSON request bodies
 _INVALID_TOKEN = "Invalid credentials in Authorization header"  # the client keys on this exact text
 RESERVED_NAMESPACES = frozenset({"api", "lfs"})  # first path segments of our own routes
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# The model-file suffixes of the Hub's default .gitattributes: always LFS, whatever their bytes.
+LFS_SUFFIXES = frozenset(
+    {
+        ".bin",
+        ".safetensors",
+        ".gguf",
+        ".pt",
+        ".pth",
+        ".ckpt",
+        ".h5",
+        ".onnx",
+        ".msgpack",
+        ".model",
+        ".npy",
+        ".npz",
+        ".pkl",
+        ".pickle",
+        ".parquet",
+        ".arrow",
+        ".zip",
+        ".tar",
+        ".gz",
+        ".tgz",
+        ".zst",
+        ".xz",
+        ".7z",
+        ".bz2",
+        ".ot",
+        ".tflite",
+        ".joblib",
+        ".mlmodel",
+    }
+)
 
 
 class HttpError(Exception):
@@ -276,7 +310,7 @@ class HubApi:
                 raise HttpError(400, f"file {path!r}: 'size' must be a non-negative integer")
             self._check_size(path, size)
             sample = base64.b64decode(item.get("sample") or "")
-            lfs = size > REGULAR_FILE_LIMIT or b"\0" in sample
+            lfs = size > REGULAR_FILE_LIMIT or PurePosixPath(path).suffix in LFS_SUFFIXES or b"\0" in sample
             current = commit.files.get(path)
             answer: dict[str, Any] = {"path": path, "uploadMode": "lfs" if lfs else "regular"}
             answer["shouldIgnore"] = bool(gitignore) and is_ignored(path, str(gitignore))

@@ -44,7 +44,9 @@ __all__ = [
     "hf_config_from_gguf",
     "hf_generation_config",
     "hf_tensor_name",
+    "llama3_rope_divisors",
     "llama3_rope_scaling",
+    "permute_rope_rows",
     "unpermute_rope_rows",
 ]
 
@@ -126,13 +128,38 @@ def unpermute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return pairs.transpose(1, 2).reshape(weight.shape).contiguous()
 
 
+def permute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Apply llama.cpp's RoPE row permutation to a Hugging Face `q_proj`/`k_proj` weight or bias (llama only).
+
+    The inverse of `unpermute_rope_rows`: llama.cpp's `LlamaModel.permute` views the rows of each head as
+    (2, head_dim/2) and transposes them, so row pairs (x_i, x_{i + head_dim/2}) sit next to each other for
+    its rotate-pairs RoPE (RoFormer, arXiv 2104.09864).
+
+    Args:
+        weight: (n_heads * head_dim, in_features) weight or (n_heads * head_dim,) bias, Hugging Face order.
+        n_heads: heads the rows belong to (query heads for `q_proj`, key/value heads for `k_proj`).
+
+    Returns:
+        A new tensor of the same shape and dtype, rows in llama.cpp order.
+
+    Raises:
+        ConversionError: the row count is not a multiple of 2 * n_heads.
+    """
+    rows = weight.shape[0]
+    if n_heads <= 0 or rows % (2 * n_heads):
+        raise ConversionError(f"cannot split {rows} rows of a q/k projection into {n_heads} RoPE heads")
+    halves = weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:])
+    return halves.transpose(1, 2).reshape(weight.shape).contiguous()
+
+
 def llama3_rope_scaling(rope_freqs: torch.Tensor, head_dim: int, rope_theta: float) -> dict[str, Any] | None:
     """Recover the Llama 3 `rope_scaling` entry from llama.cpp's `rope_freqs.weight` divisors.
 
     llama.cpp divides each RoPE frequency by its entry in `rope_freqs` (Llama 3.1 frequency scaling,
     arXiv 2407.21783 section 3.3.2; `_compute_llama3_parameters` in transformers). The largest divisor
-    is the scaling factor; the other constants are llama.cpp's (low/high frequency factors 1 and 4,
-    original context 8192), and the divisors they give must match the file's.
+    is the scaling factor; the low/high frequency factors are llama.cpp's defaults (1 and 4, as in every
+    Llama 3.x); the original context is solved from a divisor strictly between 1 and the factor (8192,
+    llama.cpp's default, when there is none), and the divisors these give must match the file's.
 
     Args:
         rope_freqs: (head_dim/2,) divisors as stored in the GGUF.
@@ -152,24 +179,57 @@ def llama3_rope_scaling(rope_freqs: torch.Tensor, head_dim: int, rope_theta: flo
     if torch.allclose(freqs, torch.ones_like(freqs)):
         return None
     factor = float(freqs.max())
+    low, high = _LLAMA3_LOW_FREQ_FACTOR, _LLAMA3_HIGH_FREQ_FACTOR
+    context = _llama3_original_context(freqs, head_dim, rope_theta, factor)
     scaling = {
         "rope_type": "llama3",
         "factor": factor,
-        "low_freq_factor": _LLAMA3_LOW_FREQ_FACTOR,
-        "high_freq_factor": _LLAMA3_HIGH_FREQ_FACTOR,
-        "original_max_position_embeddings": _LLAMA3_ORIGINAL_CONTEXT,
+        "low_freq_factor": low,
+        "high_freq_factor": high,
+        "original_max_position_embeddings": context,
     }
-    if not torch.allclose(_llama3_divisors(head_dim, rope_theta, factor), freqs, rtol=1e-5, atol=0.0):
+    expected = llama3_rope_divisors(head_dim, rope_theta, factor, low, high, context)
+    if not torch.allclose(expected, freqs, rtol=1e-5, atol=0.0):
         raise ConversionError(
             f"GGUF {_ROPE_FREQS} does not follow Llama 3 RoPE scaling (factor {factor:g}, low/high frequency "
-            f"factors 1/4, original context 8192); this model's RoPE scaling is not supported"
+            f"factors 1/4, original context {context}); this model's RoPE scaling is not supported"
         )
     return scaling
 
 
-def _llama3_divisors(head_dim: int, theta: float, factor: float) -> torch.Tensor:
-    """The per-frequency divisors llama.cpp's converter writes for Llama 3 scaling."""
-    low, high, context = _LLAMA3_LOW_FREQ_FACTOR, _LLAMA3_HIGH_FREQ_FACTOR, _LLAMA3_ORIGINAL_CONTEXT
+def _llama3_original_context(freqs: torch.Tensor, head_dim: int, theta: float, factor: float) -> int:
+    """Solve `smooth = (context / wavelen - low) / (high - low)` at the first divisor between 1 and `factor`."""
+    low, high = _LLAMA3_LOW_FREQ_FACTOR, _LLAMA3_HIGH_FREQ_FACTOR
+    between = ((freqs > 1.0 + 1e-6) & (freqs < factor * (1.0 - 1e-6))).nonzero()
+    if not len(between):
+        return _LLAMA3_ORIGINAL_CONTEXT
+    index = int(between[0])
+    wavelen = 2 * math.pi * theta ** (2 * index / head_dim)
+    smooth = (1.0 / float(freqs[index]) - 1.0 / factor) / (1.0 - 1.0 / factor)
+    return round(wavelen * (low + (high - low) * smooth))
+
+
+def llama3_rope_divisors(
+    head_dim: int, theta: float, factor: float, low_freq_factor: float, high_freq_factor: float, context: int
+) -> torch.Tensor:
+    """The per-frequency divisors llama.cpp's converter writes as `rope_freqs.weight` for Llama 3 scaling.
+
+    Frequencies with a wavelength below `context / high_freq_factor` keep their value (divisor 1), those
+    above `context / low_freq_factor` are divided by `factor`, and the ones between blend the two
+    (arXiv 2407.21783 section 3.3.2; llama.cpp `LlamaModel.generate_extra_tensors`).
+
+    Args:
+        head_dim: rotary dimension of a head.
+        theta: RoPE base.
+        factor: scaling factor.
+        low_freq_factor: Llama 3 `low_freq_factor`.
+        high_freq_factor: Llama 3 `high_freq_factor`.
+        context: `original_max_position_embeddings`.
+
+    Returns:
+        (head_dim/2,) float64 divisors.
+    """
+    low, high = low_freq_factor, high_freq_factor
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     wavelen = 2 * math.pi / inv_freq
     smooth = (context / wavelen - low) / (high - low)

@@ -63,3 +63,7 @@ class InvalidRecordError(DataError):
 
 class ConfigError(EntrenarError, ValueError):
     """A training config is invalid (YAML syntax, unknown key, wrong type, bad value); names the file and key path."""
+
+
+class InitError(EntrenarError, ValueError):
+    """`entrenar init` cannot write a config: the output exists, the base model lacks config.json or a tokenizer."""

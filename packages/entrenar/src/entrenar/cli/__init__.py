@@ -13,6 +13,7 @@ import click
 
 from aprender.errors import AprenderError
 from entrenar import __version__
+from entrenar.cli.init import init
 
 USER_ERROR_EXIT_CODE = 2
 
@@ -27,7 +28,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-_COMMANDS: list[click.Command] = []
+_COMMANDS: list[click.Command] = [init]
 for _command in _COMMANDS:
     cli.add_command(_command)
 

@@ -67,3 +67,7 @@ class ConfigError(EntrenarError, ValueError):
 
 class InitError(EntrenarError, ValueError):
     """`entrenar init` cannot write a config: the output exists, the base model lacks config.json or a tokenizer."""
+
+
+class PublishError(EntrenarError):
+    """A model folder cannot be published: not a finished model (a checkpoint), a missing base, a bad option."""

@@ -14,6 +14,7 @@ import click
 from aprender.errors import AprenderError
 from entrenar import __version__
 from entrenar.cli.init import init
+from entrenar.cli.publish import publish_command, push_command
 
 USER_ERROR_EXIT_CODE = 2
 
@@ -28,7 +29,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-_COMMANDS: list[click.Command] = [init]
+_COMMANDS: list[click.Command] = [init, publish_command, push_command]
 for _command in _COMMANDS:
     cli.add_command(_command)
 

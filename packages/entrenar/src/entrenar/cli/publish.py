@@ -1,0 +1,113 @@
+"""``entrenar publish`` (alias ``entrenar push``): upload a trained model to a Hugging Face Hub repo.
+
+The token is never taken on the command line (shell history, process lists): it comes from
+``HF_TOKEN``, ``HUGGING_FACE_HUB_TOKEN`` or the file ``hf auth login`` writes, and the command prints
+only where it came from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from aprender.hub import describe_token_source
+from entrenar.hub import FORMATS, GGUF_TYPES, PublishResult, publish
+
+__all__ = ["publish_command", "push_command"]
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def _report(result: PublishResult) -> None:
+    width = max(len(f.path) for f in result.files)
+    for staged in result.files:
+        click.echo(f"  {staged.path:<{width}}  {staged.size:>14,} bytes  ({_human(staged.size)})")
+    click.echo(f"  {len(result.files)} files, {result.total_size:,} bytes ({_human(result.total_size)})")
+
+
+def _options(function: click.decorators.FC) -> click.decorators.FC:
+    decorators = [
+        click.argument("model_dir", default="./output", type=click.Path(file_okay=False, path_type=str)),
+        click.option("--repo", "repo_id", required=True, help="Target repo id, e.g. me/my-model."),
+        click.option("--private", is_flag=True, help="Create the repo as private."),
+        click.option(
+            "--merge-adapters/--no-merge-adapters",
+            default=None,
+            help="Adapters: merge into the base model (default) or publish the PEFT adapter alone.",
+        ),
+        click.option("--base-model", help="Base model folder or Hub id (default: the one the adapter names)."),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(FORMATS),
+            default="safetensors",
+            show_default=True,
+            help="safetensors (Hugging Face layout) or gguf (one file for llama.cpp).",
+        ),
+        click.option("--gguf-type", type=click.Choice(GGUF_TYPES), help="GGUF weight type (default f16)."),
+        click.option("--no-model-card", is_flag=True, help="Do not write README.md and loss_curve.svg."),
+        click.option("--dry-run", is_flag=True, help="List the files and sizes that would be uploaded; no network."),
+        click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)."),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def _run(
+    model_dir: str,
+    repo_id: str,
+    private: bool,
+    merge_adapters: bool | None,
+    base_model: str | None,
+    fmt: str,
+    gguf_type: str | None,
+    no_model_card: bool,
+    dry_run: bool,
+    endpoint: str | None,
+) -> None:
+    """Publish MODEL_DIR (default ./output): a training output, PEFT adapter or model folder.
+
+    Adapters are merged into their base model by default (QLoRA: into the 16/32-bit base, never in 4
+    bits). The token comes from HF_TOKEN, HUGGING_FACE_HUB_TOKEN or `hf auth login`.
+    """
+    click.echo(f"Hub token: {describe_token_source()}{' (not used by a dry run)' if dry_run else ''}", err=True)
+    result = publish(
+        model_dir,
+        repo_id,
+        private=private,
+        merge_adapters=merge_adapters,
+        base_model=base_model,
+        fmt=fmt,
+        gguf_type=gguf_type,
+        model_card=not no_model_card,
+        dry_run=dry_run,
+        endpoint=endpoint,
+    )
+    if result.dry_run:
+        click.echo(f"Dry run: nothing uploaded. {result.repo_id} would receive ({result.layout}):")
+        _report(result)
+        return
+    click.echo(f"Uploaded {result.layout} to {result.repo_id}:")
+    _report(result)
+    click.echo(f"Commit: {result.commit_url}")
+    click.echo(result.url)
+
+
+def _command(name: str, help_text: str) -> click.Command:
+    def callback(**kwargs: Any) -> None:
+        _run(**kwargs)
+
+    return click.command(name, help=help_text)(_options(callback))
+
+
+publish_command = _command("publish", _run.__doc__ or "")
+push_command = _command("push", "Same as `entrenar publish`. " + (_run.__doc__ or ""))

@@ -1,0 +1,380 @@
+"""The model card (``README.md``) of a published model, next to its loss curve (`entrenar.hub.curve`).
+
+The card follows the Hub's model card layout (https://huggingface.co/docs/hub/model-cards): YAML front
+matter that the Hub indexes (https://huggingface.co/docs/hub/model-cards#model-card-metadata), then
+Markdown. Front matter keys:
+
+- ``base_model``: the base model's Hub id (left out when the base is only a local folder);
+- ``library_name``: ``transformers`` for a model, ``peft`` for an adapter (none for a GGUF file);
+- ``tags``: ``entrenar``, the method (``lora``/``qlora``/``full``), ``fine-tuned``, and ``gguf`` for GGUF;
+- ``datasets``: Hub dataset ids the training data was read from (files in the HF cache under
+  ``datasets--ns--name``); left out when none is known;
+- ``license``: the base model card's (or config's) ``license``; left out when unknown, never guessed;
+- ``pipeline_tag``: ``text-generation``.
+
+The body has a training-details table and evaluation metrics from ``final_model.json``, the loss curve
+drawn from ``metrics.jsonl`` and a usage snippet for what was published (transformers, PEFT or llama.cpp).
+
+``final_model.json`` keys read (as `entrenar.train.outputs` writes them; all optional, a missing key leaves
+its row out): ``steps``, ``epochs``, ``tokens.input``, ``loss`` {``final_train``, ``best_train``,
+``final_eval``, ``best_eval``, ``best_eval_step``}, ``eval`` (the last evaluation's metrics),
+``parameters`` {``trainable``, ``total``}, ``stop_reason``, ``wall_time_s``, ``data_files`` (paths, for
+dataset ids) and ``config`` (the resolved config: ``lora.rank``/``alpha``, ``quantize.bits``/``type``/
+``double_quant``, ``optimizer.name``/``lr``, ``scheduler.name``/``warmup_steps``,
+``data.batch_size``/``seq_len``/``train_path``/``val_path``, ``training.grad_accum``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from aprender.atomic import atomic_write_text
+from entrenar import __version__
+from entrenar.hub.curve import LOSS_CURVE_NAME, LossPoints, is_number, loss_curve_svg
+
+__all__ = [
+    "CARD_NAME",
+    "CardContext",
+    "Layout",
+    "base_license",
+    "card_metadata",
+    "hub_dataset_ids",
+    "render_model_card",
+    "write_model_card",
+]
+
+CARD_NAME = "README.md"
+_LOG = logging.getLogger(__name__)
+_METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
+# The HF cache stores dataset repos as datasets--<namespace>--<name>; Hub ids never contain "--".
+_DATASET_DIR = re.compile(r"^datasets--([A-Za-z0-9._-]+?)--([A-Za-z0-9._-]+)$")
+
+Layout = Literal["model", "adapter", "gguf"]
+
+
+@dataclass(frozen=True)
+class CardContext:
+    """Everything the card says.
+
+    Attributes:
+        repo_id: The repo the card is for (``namespace/name``).
+        layout: ``"model"`` (HF safetensors), ``"adapter"`` (PEFT adapter) or ``"gguf"``.
+        method: ``"lora"``, ``"qlora"`` or ``"full"``.
+        base_model: The base model's Hub id, or None (unknown, or only a local folder).
+        license: The base model's license id, or None when unknown.
+        datasets: Hub dataset ids of the training data.
+        record: The parsed ``final_model.json`` (may be empty).
+        gguf_file: The GGUF file name (``layout="gguf"`` only).
+        chat: The tokenizer has a chat template (the usage snippet uses it).
+        has_loss_curve: ``loss_curve.svg`` is published next to the card.
+    """
+
+    repo_id: str
+    layout: Layout
+    method: str
+    base_model: str | None = None
+    license: str | None = None
+    datasets: tuple[str, ...] = ()
+    record: Mapping[str, Any] = field(default_factory=dict)
+    gguf_file: str | None = None
+    chat: bool = False
+    has_loss_curve: bool = False
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def base_license(base_dir: Path | None) -> str | None:
+    """The base model's license: ``license`` of its README.md front matter, else of its config.json.
+
+    Args:
+        base_dir: The base model folder, or None when it is not available locally.
+
+    Returns:
+        The license id (e.g. ``"apache-2.0"``), or None when neither file states one.
+    """
+    if base_dir is None:
+        return None
+    readme = base_dir / CARD_NAME
+    if readme.is_file():
+        license_id = _front_matter(readme).get("license")
+        if isinstance(license_id, str) and license_id.strip():
+            return license_id.strip()
+    config = base_dir / "config.json"
+    if config.is_file():
+        try:
+            value = json.loads(config.read_text(encoding="utf-8")).get("license")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            return None
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def _front_matter(readme: Path) -> dict[str, Any]:
+    lines = readme.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}
+    end = next((i for i, line in enumerate(lines[1:], start=1) if line.strip() == "---"), None)
+    if end is None:
+        return {}
+    try:
+        data = yaml.safe_load("\n".join(lines[1:end]))
+    except yaml.YAMLError as exc:
+        _LOG.warning("%s: front matter is not valid YAML (%s); the base model's license is unknown", readme, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def hub_dataset_ids(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """Hub dataset ids the training data came from, found in the record's data paths.
+
+    A file read from the HF cache lives under ``.../datasets--<namespace>--<name>/snapshots/<sha>/``;
+    that folder name gives the id back. Paths elsewhere name no Hub dataset.
+
+    Args:
+        record: ``final_model.json`` (``data_files`` and ``config.data.train_path``/``val_path`` are read).
+
+    Returns:
+        Sorted unique ids such as ``("HuggingFaceH4/no_robots",)``; empty when none is known.
+    """
+    data = _mapping(_mapping(record.get("config")).get("data"))
+    sources = [record.get("data_files"), data.get("train_path"), data.get("val_path")]
+    found: set[str] = set()
+    for text in _strings(sources):
+        for part in Path(text).parts:
+            match = _DATASET_DIR.match(part)
+            if match:
+                found.add(f"{match.group(1)}/{match.group(2)}")
+    return tuple(sorted(found))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a nested structure of lists and dicts (dict keys included: paths may be keys)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+# ----------------------------------------------------------------------------------------------- card
+
+
+def card_metadata(ctx: CardContext) -> dict[str, Any]:
+    """The card's YAML front matter.
+
+    Args:
+        ctx: What was published.
+
+    Returns:
+        Keys in this order, unknown ones left out: ``base_model``, ``library_name``, ``license``,
+        ``datasets``, ``pipeline_tag``, ``tags``.
+    """
+    meta: dict[str, Any] = {}
+    if ctx.base_model:
+        meta["base_model"] = ctx.base_model
+    if ctx.layout != "gguf":
+        meta["library_name"] = "peft" if ctx.layout == "adapter" else "transformers"
+    if ctx.license:
+        meta["license"] = ctx.license
+    if ctx.datasets:
+        meta["datasets"] = list(ctx.datasets)
+    meta["pipeline_tag"] = "text-generation"
+    meta["tags"] = ["entrenar", ctx.method, "fine-tuned"] + (["gguf"] if ctx.layout == "gguf" else [])
+    return meta
+
+
+def render_model_card(ctx: CardContext) -> str:
+    """The whole ``README.md``: front matter, description, training details, metrics, curve, usage.
+
+    Args:
+        ctx: What was published.
+
+    Returns:
+        The Markdown text.
+    """
+    front = yaml.safe_dump(card_metadata(ctx), sort_keys=False, allow_unicode=True)
+    name = ctx.repo_id.split("/")[1]
+    base = f"[{ctx.base_model}](https://huggingface.co/{ctx.base_model})" if ctx.base_model else "a base model"
+    what = {"model": "model", "adapter": "LoRA adapter", "gguf": "GGUF model"}[ctx.layout]
+    sections = [
+        f"---\n{front}---\n",
+        f"# {name}\n",
+        f"This {what} was fine-tuned from {base} with {_METHOD_NAMES[ctx.method]} using entrenar {__version__}.\n",
+    ]
+    details = _training_rows(ctx)
+    if details:
+        sections.append("## Training details\n\n" + _table(("Setting", "Value"), details))
+    metrics = _eval_rows(ctx.record)
+    if metrics:
+        sections.append("## Evaluation\n\n" + _table(("Metric", "Value"), metrics))
+    if ctx.has_loss_curve:
+        sections.append(f"## Loss curve\n\n![Training loss]({LOSS_CURVE_NAME})\n")
+    sections.append("## Usage\n\n" + _usage(ctx))
+    return "\n".join(sections)
+
+
+def _training_rows(ctx: CardContext) -> list[tuple[str, str]]:
+    record = ctx.record
+    config = _mapping(record.get("config"))
+    lora, quant, optim, sched, data, training = (
+        _mapping(config.get(key)) for key in ("lora", "quantize", "optimizer", "scheduler", "data", "training")
+    )
+    tokens, loss, params = (_mapping(record.get(key)) for key in ("tokens", "loss", "parameters"))
+    candidates: list[tuple[str, Any]] = [
+        ("Method", _METHOD_NAMES[ctx.method]),
+        ("LoRA rank / alpha", f"{lora['rank']} / {_number(lora['alpha'])}" if {"rank", "alpha"} <= set(lora) else None),
+        ("Base quantization", _quantization(quant) if quant else None),
+        ("Trainable parameters", _share(params)),
+        ("Steps", record.get("steps")),
+        ("Epochs", record.get("epochs")),
+        ("Training tokens", tokens.get("input")),
+        ("Optimizer", optim.get("name")),
+        ("Learning rate", _learning_rate(optim, sched)),
+        ("Batch size", _batch(data, training)),
+        ("Sequence length", data.get("seq_len")),
+        ("Final training loss", loss.get("final_train")),
+        ("Best training loss", loss.get("best_train")),
+        ("Final evaluation loss", loss.get("final_eval")),
+        ("Best evaluation loss", _best_eval(loss)),
+        ("Stopped by", "early stopping" if record.get("stop_reason") == "early_stopping" else None),
+        ("Wall time", _duration(record["wall_time_s"]) if is_number(record.get("wall_time_s")) else None),
+    ]
+    return [(label, _number(value)) for label, value in candidates if value is not None]
+
+
+def _eval_rows(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The last evaluation's metrics (``eval``), without its step and epoch."""
+    metrics = _mapping(record.get("eval"))
+    return [(str(key), _number(value)) for key, value in metrics.items() if key not in ("step", "epoch", "kind")]
+
+
+def _share(params: Mapping[str, Any]) -> str | None:
+    trainable, total = params.get("trainable"), params.get("total")
+    if not (is_number(trainable) and is_number(total) and total > 0):
+        return None
+    return f"{_number(trainable)} of {_number(total)} ({100 * trainable / total:.2f}%)"
+
+
+def _best_eval(loss: Mapping[str, Any]) -> str | None:
+    best = loss.get("best_eval")
+    if best is None:
+        return None
+    step = loss.get("best_eval_step")
+    return _number(best) + (f" (step {step})" if step is not None else "")
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _quantization(quant: Mapping[str, Any]) -> str:
+    text = f"{quant.get('bits', 4)}-bit {str(quant.get('type', 'nf4')).upper()}"
+    return text + (" with double quantization" if quant.get("double_quant") else "")
+
+
+def _learning_rate(optim: Mapping[str, Any], sched: Mapping[str, Any]) -> str | None:
+    if "lr" not in optim:
+        return None
+    text = _number(optim["lr"])
+    if sched.get("name"):
+        text += f" ({sched['name']} schedule"
+        text += f", {sched['warmup_steps']} warmup steps)" if sched.get("warmup_steps") else ")"
+    return text
+
+
+def _batch(data: Mapping[str, Any], training: Mapping[str, Any]) -> str | None:
+    if "batch_size" not in data:
+        return None
+    accum = training.get("grad_accum", 1)
+    return str(data["batch_size"]) if accum == 1 else f"{data['batch_size']} x {accum} gradient accumulation"
+
+
+def _duration(seconds: float) -> str:
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.4f}".rstrip("0").rstrip(".")
+
+
+def _table(header: tuple[str, str], rows: Sequence[tuple[str, str]]) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {label} | {value} |" for label, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _usage(ctx: CardContext) -> str:
+    repo = ctx.repo_id
+    if ctx.layout == "gguf":
+        return (
+            "With [llama.cpp](https://github.com/ggml-org/llama.cpp):\n\n```bash\n"
+            f'llama-cli --hf-repo {repo} --hf-file {ctx.gguf_file} -p "Hello"\n```\n'
+        )
+    if ctx.layout == "adapter":
+        load = (
+            "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{repo}")\n'
+        )
+        intro = "With [PEFT](https://github.com/huggingface/peft) (loads the base model, then the adapter):"
+    else:
+        load = (
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'model = AutoModelForCausalLM.from_pretrained("{repo}")\n'
+        )
+        intro = "With [transformers](https://github.com/huggingface/transformers):"
+    if ctx.chat:
+        prompt = (
+            'messages = [{"role": "user", "content": "Hello!"}]\n'
+            "inputs = tokenizer.apply_chat_template(\n"
+            '    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True\n)\n'
+        )
+    else:
+        prompt = 'inputs = tokenizer("Hello", return_tensors="pt")\n'
+    generate = (
+        "outputs = model.generate(**inputs, max_new_tokens=64)\n"
+        'print(tokenizer.decode(outputs[0][inputs["input_ids"].shape[-1] :], skip_special_tokens=True))\n'
+    )
+    return f'{intro}\n\n```python\n{load}tokenizer = AutoTokenizer.from_pretrained("{repo}")\n{prompt}{generate}```\n'
+
+
+def write_model_card(folder: Path, ctx: CardContext, points: LossPoints | None) -> list[Path]:
+    """Write ``README.md`` (and ``loss_curve.svg`` when there are training points) into `folder`.
+
+    Args:
+        folder: The staging folder.
+        ctx: What was published (``has_loss_curve`` is set here from `points`).
+        points: The loss series, or None without ``metrics.jsonl``.
+
+    Returns:
+        The files written.
+    """
+    written = []
+    has_curve = points is not None and bool(points.train)
+    if has_curve:
+        assert points is not None
+        atomic_write_text(folder / LOSS_CURVE_NAME, loss_curve_svg(points))
+        written.append(folder / LOSS_CURVE_NAME)
+    card = replace(ctx, has_loss_curve=has_curve)
+    atomic_write_text(folder / CARD_NAME, render_model_card(card))
+    return [folder / CARD_NAME, *written]

@@ -1,0 +1,287 @@
+"""Export a detected model folder into a staging folder, exactly as it will be uploaded.
+
+Three layouts come out (DESIGN.md section 5):
+
+- ``model``: the Hugging Face layout ``transformers.AutoModelForCausalLM.from_pretrained`` loads:
+  safetensors weights (shards of at most ``max_shard_size`` + ``model.safetensors.index.json`` when
+  larger), ``config.json``, ``generation_config.json`` and the tokenizer files. A LoRA/QLoRA adapter
+  is merged into its base on disk, tensor by tensor (`entrenar.lora.merge_adapter_into_checkpoint`):
+  ``W' = W + scaling * B @ A`` in float32, stored in the base checkpoint's dtype (16 or 32-bit). For
+  QLoRA the base is the original 16/32-bit checkpoint, the one NF4 was computed from: the merge never
+  happens in 4 bits (https://arxiv.org/abs/2305.14314 trains on de-quantized weights; a 4-bit merge
+  would re-quantize the sum). A full fine-tune's files are copied as they are.
+- ``adapter``: the PEFT layout (``adapter_config.json`` + ``adapter_model.safetensors`` + tokenizer
+  files) that ``peft.PeftModel.from_pretrained`` loads; with ``base_model`` given, the adapter
+  config's ``base_model_name_or_path`` is rewritten to it (and its ``revision`` cleared).
+- ``gguf``: one ``<name>-<TYPE>.gguf`` file from the merged model (`aprender.format.gguf_export`).
+
+Tokenizer files and ``generation_config.json`` of the training output win over the base model's: the
+run may have changed the chat template. The base model is a local folder or a Hub id, downloaded into
+the standard HF cache through `aprender.hub.download`; with ``offline=True`` (``--dry-run``) only the
+cache is used and no request is made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aprender.atomic import atomic_write_json
+from aprender.errors import HubOfflineError
+from aprender.format.gguf_export import export_gguf
+from aprender.hub import download
+from entrenar.errors import PublishError
+from entrenar.hub.card import Layout
+from entrenar.hub.detect import ModelFolder
+from entrenar.lora.merge import merge_adapter_into_checkpoint
+from entrenar.lora.peft_io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+from entrenar.models.loading import looks_like_repo_id
+
+__all__ = ["FORMATS", "GGUF_TYPES", "TOKENIZER_FILES", "ExportedModel", "export_model", "resolve_base_model"]
+
+FORMATS = ("safetensors", "gguf")
+GGUF_TYPES = ("f16", "q8_0", "q4_0")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+_MODEL_FILES = ("config.json", "generation_config.json")
+_INDEX_NAME = "model.safetensors.index.json"
+# What merging needs from a Hub base model (README.md: the license for the card).
+_BASE_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", _INDEX_NAME, "README.md"]
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """What `export_model` wrote.
+
+    Attributes:
+        folder: The staging folder.
+        layout: ``"model"``, ``"adapter"`` or ``"gguf"``.
+        files: Paths written, relative to `folder`.
+        base_dir: The base model folder used (merged into, or found locally), or None.
+        gguf_file: Name of the GGUF file (``layout="gguf"`` only).
+    """
+
+    folder: Path
+    layout: Layout
+    files: list[str]
+    base_dir: Path | None = None
+    gguf_file: str | None = None
+
+
+@contextlib.contextmanager
+def _offline(enabled: bool) -> Iterator[None]:
+    """Set ``HF_HUB_OFFLINE=1`` for the block (aprender.hub reads it at call time), then restore it."""
+    if not enabled:
+        yield
+        return
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["HF_HUB_OFFLINE"]
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved
+
+
+def resolve_base_model(
+    reference: str, revision: str | None, *, offline: bool, patterns: list[str] | None = None
+) -> Path:
+    """Find the base model folder: a local folder, or a Hub id fetched into (or found in) the HF cache.
+
+    Args:
+        reference: A folder path or a Hub repo id.
+        revision: The Hub revision to use (ignored for a folder).
+        offline: Use the HF cache only; make no request.
+        patterns: Files to fetch from the Hub (default: what merging needs, plus README.md).
+
+    Returns:
+        The folder.
+
+    Raises:
+        PublishError: `reference` is neither a folder nor a Hub id; or `offline` and the Hub model is not
+            in the cache.
+        HubError: The download failed (not found, no access, unreachable).
+    """
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return path
+    if not looks_like_repo_id(reference):
+        raise PublishError(
+            f"base model {reference!r} is neither a folder here nor a Hub id like 'namespace/name'; "
+            "pass --base-model with the base model's folder or Hub id"
+        )
+    try:
+        with _offline(offline):
+            return download(reference, revision, _BASE_PATTERNS if patterns is None else patterns)
+    except HubOfflineError as exc:
+        raise PublishError(
+            f"base model {reference} is not in the HF cache and --dry-run makes no request; run once without "
+            "--dry-run, or pass --base-model with a local folder"
+        ) from exc
+
+
+def _plan_layout(model: ModelFolder, merge_adapters: bool | None, fmt: str) -> Layout:
+    if fmt not in FORMATS:
+        raise PublishError(f"format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
+    if model.kind == "full":
+        if merge_adapters is not None:
+            raise PublishError(
+                f"{model.path}: holds a full model, so --merge-adapters/--no-merge-adapters does not apply; drop it"
+            )
+        return "gguf" if fmt == "gguf" else "model"
+    merge = True if merge_adapters is None else merge_adapters
+    if not merge and fmt == "gguf":
+        raise PublishError("--format gguf needs merged weights; drop --no-merge-adapters or publish safetensors")
+    if not merge:
+        return "adapter"
+    return "gguf" if fmt == "gguf" else "model"
+
+
+def export_model(
+    model: ModelFolder,
+    out_dir: str | os.PathLike[str],
+    *,
+    name: str,
+    merge_adapters: bool | None = None,
+    base_model: str | None = None,
+    fmt: str = "safetensors",
+    gguf_type: str = "f16",
+    offline: bool = False,
+    max_shard_size: int | str = "5GB",
+) -> ExportedModel:
+    """Write what will be uploaded (without the model card) into `out_dir`.
+
+    Args:
+        model: The detected folder.
+        out_dir: The staging folder (created; should be empty).
+        name: The model's name (the repo name): the GGUF file name and its ``general.name``.
+        merge_adapters: Adapters only: merge into the base (True) or publish the adapter alone (False);
+            None merges. Must be None for a full model.
+        base_model: The base model (folder or Hub id) to merge into, overriding the adapter's
+            ``base_model_name_or_path``; for an adapter published alone, the id written into its config.
+        fmt: ``"safetensors"`` or ``"gguf"``.
+        gguf_type: ``"f16"``, ``"q8_0"`` or ``"q4_0"`` (``fmt="gguf"`` only).
+        offline: Use only local files and the HF cache (a dry run).
+        max_shard_size: Largest merged safetensors shard, bytes or e.g. ``"5GB"``.
+
+    Returns:
+        The `ExportedModel`.
+
+    Raises:
+        PublishError: Options that do not fit the folder, or no usable base model.
+        LoraError: The adapter does not fit the base model.
+        ConversionError, TokenizerError: The model cannot be written as GGUF.
+        HubError: Downloading the base model failed.
+    """
+    layout = _plan_layout(model, merge_adapters, fmt)
+    if fmt == "gguf" and gguf_type not in GGUF_TYPES:
+        raise PublishError(f"gguf type {gguf_type!r} is not supported; use one of {', '.join(GGUF_TYPES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if layout == "adapter":
+        _write_adapter(model, out, base_model)
+        return ExportedModel(out, layout, _listing(out), _local_base(model, base_model))
+    if layout == "model":
+        base_dir = _write_model(model, out, base_model, offline, max_shard_size)
+        return ExportedModel(out, layout, _listing(out), base_dir)
+    gguf_name = f"{name}-{gguf_type.upper()}.gguf"
+    with tempfile.TemporaryDirectory(prefix="entrenar-gguf-") as work:
+        base_dir = _write_model(model, Path(work), base_model, offline, max_shard_size)
+        _LOG.info("writing %s (%s)", gguf_name, gguf_type)
+        export_gguf(work, out / gguf_name, gguf_type=gguf_type, name=name)
+    return ExportedModel(out, layout, _listing(out), base_dir, gguf_name)
+
+
+def _write_model(
+    model: ModelFolder, out: Path, base_model: str | None, offline: bool, max_shard_size: int | str
+) -> Path | None:
+    """Write the Hugging Face layout into `out`; return the base folder (merged into, or found locally)."""
+    if model.kind == "full":
+        for name in [*_weight_files(model.path), *_MODEL_FILES, *TOKENIZER_FILES]:
+            if (model.path / name).is_file():
+                shutil.copyfile(model.path / name, out / name)
+        return _local_base(model, base_model)
+    reference, revision = _base_reference(model, base_model)
+    base_dir = resolve_base_model(reference, revision, offline=offline)
+    _LOG.info("merging %s into %s", model.path, reference)
+    merge_adapter_into_checkpoint(base_dir, model.path, out, max_shard_size=max_shard_size)
+    for name in ("generation_config.json", *TOKENIZER_FILES):
+        if (model.path / name).is_file():
+            shutil.copyfile(model.path / name, out / name)
+    return base_dir
+
+
+def _base_reference(model: ModelFolder, base_model: str | None) -> tuple[str, str | None]:
+    if base_model is not None:
+        return base_model, None
+    if model.base_model is None:
+        raise PublishError(
+            f"{model.path}: {ADAPTER_CONFIG_NAME} names no base model (base_model_name_or_path); "
+            "pass --base-model with the base model's folder or Hub id"
+        )
+    return model.base_model, model.base_revision
+
+
+def _local_base(model: ModelFolder, base_model: str | None) -> Path | None:
+    """The base folder when it is on this machine (a folder, or in the HF cache), for the card's license.
+
+    Nothing is downloaded: publishing an adapter alone or a full model needs no base weights.
+    """
+    reference = base_model or model.base_model
+    if reference is None:
+        return None
+    revision = None if base_model else model.base_revision
+    try:
+        return resolve_base_model(reference, revision, offline=True, patterns=["README.md", "config.json"])
+    except PublishError:
+        return None
+
+
+def _write_adapter(model: ModelFolder, out: Path, base_model: str | None) -> None:
+    shutil.copyfile(model.path / ADAPTER_WEIGHTS_NAME, out / ADAPTER_WEIGHTS_NAME)
+    config = json.loads((model.path / ADAPTER_CONFIG_NAME).read_text(encoding="utf-8"))
+    if base_model is not None:
+        config["base_model_name_or_path"] = base_model
+        config["revision"] = None
+    atomic_write_json(out / ADAPTER_CONFIG_NAME, config)
+    for name in TOKENIZER_FILES:
+        if (model.path / name).is_file():
+            shutil.copyfile(model.path / name, out / name)
+
+
+def _weight_files(folder: Path) -> list[str]:
+    index = folder / _INDEX_NAME
+    if not index.is_file():
+        return ["model.safetensors"]
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise PublishError(f"{index}: not a safetensors index with a weight_map ({exc}); re-save the model") from exc
+    missing = [shard for shard in shards if not (folder / shard).is_file()]
+    if missing:
+        raise PublishError(f"{index}: lists shard {missing[0]} that is not in {folder}; re-save the model")
+    return [_INDEX_NAME, *shards]
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())

@@ -1,0 +1,341 @@
+"""Publish a training output to a Hugging Face Hub repo: check access, export, write the card, upload.
+
+`publish` runs the whole of ``entrenar publish``:
+
+1. validate the repo id and (unless a dry run) `preflight`: token, ``whoami``, write access, so a
+   wrong token fails in a second, not after a long merge;
+2. `entrenar.hub.detect.detect_model_folder`, then `entrenar.hub.export.export_model` into a temporary
+   staging folder (merging adapters, writing GGUF);
+3. the model card (`entrenar.hub.card`): ``README.md`` and ``loss_curve.svg``;
+4. a dry run stops here and reports every staged file and its size; otherwise
+   `aprender.hub.upload_folder` creates (or reuses) the repo and uploads everything in one commit.
+
+`preflight` is also what a training run with a ``publish:`` section calls before its first step, and
+`publish_output` what it calls after the last one.
+
+Write access (https://huggingface.co/docs/hub/api#get-apiwhoami-v2): the repo's namespace must be the
+token owner's user name or an organisation the user belongs to with a role other than ``read``, and
+the token itself must not be a ``read`` token (fine-grained tokens are left to the server to judge).
+The token is never logged, printed or written: messages name its source (`describe_token_source`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+from aprender.errors import HubAuthError, HubError, HubPermissionError, HubTokenMissingError, HubUnreachableError
+from aprender.hub import describe_token_source, resolve_token, upload_folder, validate_repo_id
+from aprender.hub.repo_id import RepoId
+from aprender.hub.settings import HubSettings, library_flags
+from aprender.hub.token import HubToken
+from entrenar import __version__
+from entrenar.config.schema import PublishSection
+from entrenar.errors import PublishError
+from entrenar.hub.card import CardContext, base_license, hub_dataset_ids, write_model_card
+from entrenar.hub.curve import read_loss_points
+from entrenar.hub.detect import ModelFolder, detect_model_folder
+from entrenar.hub.export import ExportedModel, export_model
+from entrenar.models.loading import looks_like_repo_id
+
+__all__ = ["Account", "PublishResult", "StagedFile", "preflight", "publish", "publish_output"]
+
+_LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who the token belongs to, as `preflight` found it.
+
+    Attributes:
+        user: The user name.
+        namespace: The repo's namespace (the user or one of their organisations).
+        endpoint: The Hub URL checked.
+        token_source: Where the token came from (never the token itself).
+    """
+
+    user: str
+    namespace: str
+    endpoint: str
+    token_source: str
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """One file of the upload.
+
+    Attributes:
+        path: Repo path (relative, ``/``-separated).
+        size: Size in bytes.
+    """
+
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What `publish` did.
+
+    Attributes:
+        repo_id: The repo.
+        layout: ``"model"``, ``"adapter"`` or ``"gguf"``.
+        files: Every uploaded (or, for a dry run, staged) file with its size, sorted by path.
+        dry_run: Nothing was uploaded.
+        url: The repo's URL (None for a dry run).
+        commit_url: The commit's URL (None for a dry run).
+    """
+
+    repo_id: str
+    layout: str
+    files: list[StagedFile]
+    dry_run: bool
+    url: str | None = None
+    commit_url: str | None = None
+
+    @property
+    def total_size(self) -> int:
+        """Bytes in all files."""
+        return sum(f.size for f in self.files)
+
+
+# ----------------------------------------------------------------------------------------------- preflight
+
+
+def preflight(repo_id: str, private: bool = False, endpoint: str | None = None, token: str | None = None) -> Account:
+    """Check, before any long work, that publishing to `repo_id` can succeed.
+
+    Validates the repo id, resolves the token, asks the Hub who the token belongs to (one
+    ``whoami`` request) and checks write access to the repo's namespace. With `private`, an existing
+    public repo is refused too (the upload would be). Training calls this before its first step.
+
+    Args:
+        repo_id: ``namespace/name``.
+        private: The repo is to be private.
+        endpoint: Hub URL; default ``HF_ENDPOINT`` or https://huggingface.co.
+        token: Explicit token; default ``HF_TOKEN``, ``HUGGING_FACE_HUB_TOKEN``, then ``$HF_HOME/token``.
+
+    Returns:
+        The `Account` (user, namespace, endpoint, token source).
+
+    Raises:
+        InvalidRepoIdError: Malformed repo id.
+        HubTokenMissingError: No token anywhere (the message names the variables to set).
+        HubAuthError: The Hub rejects the token.
+        HubPermissionError: A read-only token, or a namespace that is neither the user's nor one of
+            their organisations with write access.
+        HubUnreachableError: The endpoint cannot be reached.
+        HubError: With `private`, the repo exists and is public; or the Hub refused a request.
+    """
+    repo = RepoId.parse(repo_id)
+    settings = HubSettings.from_env(endpoint)
+    hub_token = resolve_token(token)
+    if hub_token is None:
+        raise HubTokenMissingError(f"publishing to {repo} needs a Hugging Face token: {describe_token_source(token)}")
+    api = HfApi(endpoint=settings.endpoint, token=hub_token.value, library_name="entrenar", library_version=__version__)
+    info = _hub_call(settings, hub_token, f"check the token on {settings.endpoint}", api.whoami)
+    user = str(info.get("name", ""))
+    _check_write_access(repo, user, info, settings, hub_token)
+    if private:
+        _check_not_public(repo, api, settings, hub_token)
+    return Account(user, repo.namespace, settings.endpoint, hub_token.source)
+
+
+def _check_write_access(repo: RepoId, user: str, info: dict[str, Any], settings: HubSettings, token: HubToken) -> None:
+    access = info.get("auth", {}).get("accessToken", {}) if isinstance(info.get("auth"), dict) else {}
+    if isinstance(access, dict) and access.get("role") == "read":
+        raise HubPermissionError(
+            f"the token from {token.source} is a read-only token of {user} on {settings.endpoint}; "
+            "create a token with write access and set HF_TOKEN to it"
+        )
+    if repo.namespace == user:
+        return
+    orgs = {org.get("name"): org.get("roleInOrg") for org in info.get("orgs") or [] if isinstance(org, dict)}
+    if repo.namespace in orgs and orgs[repo.namespace] != "read":
+        return
+    detail = "has only read access to" if repo.namespace in orgs else "is not a member of"
+    raise HubPermissionError(
+        f"cannot publish to {repo} on {settings.endpoint}: the token from {token.source} belongs to {user}, who "
+        f"{detail} {repo.namespace!r}; publish to '{user}/{repo.name}' or use a token of {repo.namespace}"
+    )
+
+
+def _check_not_public(repo: RepoId, api: HfApi, settings: HubSettings, token: HubToken) -> None:
+    try:
+        info = _hub_call(settings, token, f"look up {repo} on {settings.endpoint}", lambda: api.model_info(str(repo)))
+    except _RepoMissing:
+        return
+    if not info.private:
+        raise HubError(
+            f"repo {repo} on {settings.endpoint} exists and is public, so a private publish would be refused; "
+            "make it private on the Hub first or publish to a new repo"
+        )
+
+
+class _RepoMissing(Exception):
+    """The repo does not exist yet (it will be created)."""
+
+
+def _hub_call(settings: HubSettings, token: HubToken, action: str, call: Callable[[], _T]) -> _T:
+    """Run a huggingface_hub call with the environment's flags; map its errors to aprender's, token-free."""
+    with library_flags(settings):
+        try:
+            return call()
+        except RepositoryNotFoundError as exc:
+            raise _RepoMissing() from exc
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if status == 401:
+                raise HubAuthError(
+                    f"{action}: the server rejected the token from {token.source} (401); "
+                    "create a new token and set HF_TOKEN or run `hf auth login`"
+                ) from exc
+            raise HubError(f"{action}: the server refused the request ({status}); retry or check the server") from exc
+        except httpx2.TransportError as exc:
+            raise HubUnreachableError(
+                f"{action}: cannot reach the server ({type(exc).__name__}); check HF_ENDPOINT / --endpoint "
+                "and the network"
+            ) from exc
+
+
+# ----------------------------------------------------------------------------------------------- publish
+
+
+def publish(
+    model_dir: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    private: bool = False,
+    merge_adapters: bool | None = None,
+    base_model: str | None = None,
+    fmt: str = "safetensors",
+    gguf_type: str | None = None,
+    model_card: bool = True,
+    dry_run: bool = False,
+    endpoint: str | None = None,
+    token: str | None = None,
+    max_shard_size: int | str = "5GB",
+) -> PublishResult:
+    """Publish a training output folder (or any adapter/model folder) to a Hub repo.
+
+    Args:
+        model_dir: The folder (see `entrenar.hub.detect`).
+        repo_id: ``namespace/name``.
+        private: Create the repo private (an existing public repo is refused).
+        merge_adapters: Adapters: merge into the base (None: yes) or publish the adapter alone (False).
+        base_model: Base model folder or Hub id: what to merge into, and the card's ``base_model``
+            (default: the adapter's ``base_model_name_or_path`` / the record's ``base_model``).
+        fmt: ``"safetensors"`` or ``"gguf"``.
+        gguf_type: ``"f16"`` (None with gguf), ``"q8_0"`` or ``"q4_0"``; only with ``fmt="gguf"``.
+        model_card: Write ``README.md`` (and ``loss_curve.svg``).
+        dry_run: Stage everything and report the files, without any network request.
+        endpoint: Hub URL; default ``HF_ENDPOINT`` or https://huggingface.co.
+        token: Explicit token; default from the environment (see `preflight`).
+        max_shard_size: Largest safetensors shard of a merged model.
+
+    Returns:
+        The `PublishResult`.
+
+    Raises:
+        PublishError: The folder is not publishable or the options do not fit it.
+        InvalidRepoIdError, HubError: See `preflight` and `aprender.hub.upload_folder`.
+        LoraError, ConversionError, TokenizerError: Merging or GGUF export failed.
+    """
+    repo = validate_repo_id(repo_id)
+    if gguf_type is not None and fmt != "gguf":
+        raise PublishError(f"--gguf-type {gguf_type} applies to --format gguf only; drop it or add --format gguf")
+    if not dry_run:
+        account = preflight(repo, private, endpoint, token)
+        _LOG.info("publishing to %s as %s (token from %s)", repo, account.user, account.token_source)
+    model = detect_model_folder(model_dir)
+    with tempfile.TemporaryDirectory(prefix="entrenar-publish-") as tmp:
+        staging = Path(tmp) / "upload"
+        exported = export_model(
+            model,
+            staging,
+            name=repo.split("/")[1],
+            merge_adapters=merge_adapters,
+            base_model=base_model,
+            fmt=fmt,
+            gguf_type=gguf_type or "f16",
+            offline=dry_run,
+            max_shard_size=max_shard_size,
+        )
+        if model_card:
+            _write_card(model, exported, repo, base_model)
+        files = [StagedFile(p.relative_to(staging).as_posix(), p.stat().st_size) for p in _files(staging)]
+        if dry_run:
+            return PublishResult(repo, exported.layout, files, dry_run=True)
+        message = f"Upload {exported.layout} with entrenar {__version__}"
+        commit_url = upload_folder(
+            repo, staging, private=private, commit_message=message, token=token, endpoint=endpoint
+        )
+    url = f"{HubSettings.from_env(endpoint).endpoint}/{repo}"
+    return PublishResult(repo, exported.layout, files, dry_run=False, url=url, commit_url=commit_url)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _write_card(model: ModelFolder, exported: ExportedModel, repo: str, base_model: str | None) -> None:
+    base_id = next((ref for ref in (base_model, model.base_model) if ref and looks_like_repo_id(ref)), None)
+    if base_id is None and (base_model or model.base_model):
+        _LOG.warning(
+            "the base model %s is a local folder, so the card names no base_model", base_model or model.base_model
+        )
+    folder = exported.folder
+    tokenizer_config = folder / "tokenizer_config.json"
+    chat = (folder / "chat_template.jinja").is_file() or (
+        tokenizer_config.is_file() and '"chat_template"' in tokenizer_config.read_text(encoding="utf-8")
+    )
+    ctx = CardContext(
+        repo_id=repo,
+        layout=exported.layout,
+        method=model.method,
+        base_model=base_id,
+        license=base_license(exported.base_dir),
+        datasets=hub_dataset_ids(model.record),
+        record=model.record,
+        gguf_file=exported.gguf_file,
+        chat=chat,
+    )
+    points = read_loss_points(model.metrics_path) if model.metrics_path is not None else None
+    write_model_card(folder, ctx, points)
+
+
+def publish_output(output_dir: str | os.PathLike[str], publish_section: PublishSection) -> PublishResult:
+    """Publish a finished training run as its config's ``publish:`` section says (after `preflight`).
+
+    Args:
+        output_dir: The run's output folder.
+        publish_section: The resolved ``publish:`` section (repo, private, model_card, merge_adapters,
+            format, gguf_type, endpoint).
+
+    Returns:
+        The `PublishResult` (``url`` is the repo's URL).
+
+    Raises:
+        See `publish`.
+    """
+    section = publish_section
+    return publish(
+        output_dir,
+        section.repo,
+        private=section.private,
+        merge_adapters=section.merge_adapters,
+        fmt=section.format,
+        gguf_type=section.gguf_type if section.format == "gguf" else None,
+        model_card=section.model_card,
+        endpoint=section.endpoint,
+    )

@@ -65,6 +65,10 @@ class ConfigError(EntrenarError, ValueError):
     """A training config is invalid (YAML syntax, unknown key, wrong type, bad value); names the file and key path."""
 
 
+class GenerationError(EntrenarError, ValueError):
+    """A generation request is invalid (empty prompt, out-of-vocabulary id, bad sampling value, no chat template)."""
+
+
 class InitError(EntrenarError, ValueError):
     """`entrenar init` cannot write a config: the output exists, the base model lacks config.json or a tokenizer."""
 

@@ -13,6 +13,7 @@ import click
 
 from aprender.errors import AprenderError
 from entrenar import __version__
+from entrenar.cli.generate import generate_command
 from entrenar.cli.init import init
 from entrenar.cli.publish import publish_command, push_command
 
@@ -29,7 +30,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-_COMMANDS: list[click.Command] = [init, publish_command, push_command]
+_COMMANDS: list[click.Command] = [init, generate_command, publish_command, push_command]
 for _command in _COMMANDS:
     cli.add_command(_command)
 

@@ -73,5 +73,19 @@ class InitError(EntrenarError, ValueError):
     """`entrenar init` cannot write a config: the output exists, the base model lacks config.json or a tokenizer."""
 
 
+class TrainingInterrupted(EntrenarError):
+    """SIGINT/SIGTERM stopped training after a checkpoint was saved (`entrenar train` exits 130, not 2).
+
+    Attributes:
+        step: The last optimizer step taken (and saved).
+        checkpoint: The folder of the saved checkpoint.
+    """
+
+    def __init__(self, message: str, *, step: int, checkpoint: object) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
 class PublishError(EntrenarError):
     """A model folder cannot be published: not a finished model (a checkpoint), a missing base, a bad option."""

@@ -14,8 +14,11 @@ import click
 from aprender.errors import AprenderError
 from entrenar import __version__
 from entrenar.cli.generate import generate_command
+from entrenar.cli.info import info_command
 from entrenar.cli.init import init
 from entrenar.cli.publish import publish_command, push_command
+from entrenar.cli.train import train_command
+from entrenar.cli.validate import validate_command
 
 USER_ERROR_EXIT_CODE = 2
 
@@ -30,7 +33,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-_COMMANDS: list[click.Command] = [init, generate_command, publish_command, push_command]
+_COMMANDS: list[click.Command] = [
+    init,
+    generate_command,
+    publish_command,
+    push_command,
+    train_command,
+    validate_command,
+    info_command,
+]
 for _command in _COMMANDS:
     cli.add_command(_command)
 

@@ -1,0 +1,205 @@
+"""Callbacks: what happens around the training loop's steps, each in its own small class.
+
+The `Trainer` calls, in this order per optimizer step: the step itself, then `Callback.on_log` with a
+``metrics.jsonl`` record when a log is due, `Callback.on_evaluate` with an eval record when an evaluation
+is due, then `Callback.on_step_end`. Callbacks run in the order given, so a checkpoint taken in
+``on_step_end`` already holds that step's records and early-stopping verdict.
+
+- `MetricsLogger` writes ``metrics.jsonl`` (one JSON object per line; ``kind`` is ``"train"`` or
+  ``"eval"``); on (re)start it rewrites the file from the records in the state, so lines logged after
+  the checkpoint a run resumes from disappear.
+- `CheckpointSaver` saves a checkpoint every ``save_every`` steps.
+- `EarlyStopping` ends the run after ``patience`` evaluations without a lower validation loss
+  (Prechelt 1998, "Early Stopping - But When?", https://doi.org/10.1007/3-540-49430-8_3).
+- `ProgressDisplay` shows step, loss, lr, tokens/s and ETA: a rich progress bar on a terminal, plain
+  lines otherwise (logs, CI).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
+
+from aprender.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from entrenar.train.loop import Trainer
+
+__all__ = ["METRICS_FILENAME", "Callback", "CheckpointSaver", "EarlyStopping", "MetricsLogger", "ProgressDisplay"]
+
+METRICS_FILENAME = "metrics.jsonl"
+
+
+class Callback:
+    """Base class: every hook does nothing; override the ones you need."""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Before the first step of this session (after a resume, the state is the restored one)."""
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """A training record was added to ``trainer.state.history``."""
+
+    def on_evaluate(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """An evaluation record was added to ``trainer.state.history``."""
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        """After the step, its log and its evaluation."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last step (not called when the run is interrupted)."""
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        """SIGINT/SIGTERM stopped the run; its checkpoint is saved and `TrainingInterrupted` follows."""
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+class MetricsLogger(Callback):
+    """Appends every record to ``metrics.jsonl``.
+
+    Args:
+        path: The file (its folder must exist).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Rewrite the file from the state's records (empty for a new run)."""
+        atomic_write_text(self.path, "".join(_json_line(record) for record in trainer.state.history))
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """Append the training record."""
+        self._append(record)
+
+    def on_evaluate(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """Append the evaluation record."""
+        self._append(record)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as stream:
+            stream.write(_json_line(record))
+
+
+class CheckpointSaver(Callback):
+    """Saves a checkpoint every `save_every` optimizer steps.
+
+    Args:
+        save_every: Steps between checkpoints, >= 1.
+    """
+
+    def __init__(self, save_every: int) -> None:
+        self.save_every = save_every
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        """Save when the step is a multiple of `save_every`."""
+        if trainer.state.step % self.save_every == 0:
+            trainer.save_checkpoint()
+
+
+class EarlyStopping(Callback):
+    """Stops the run after `patience` evaluations in a row without a new best validation loss.
+
+    Args:
+        patience: Evaluations without improvement that end the run, >= 1.
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_evaluate(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """Set ``state.stop_reason`` once the patience is used up."""
+        if trainer.state.evals_without_improvement >= self.patience:
+            trainer.state.stop_reason = "early_stopping"
+
+
+def _format_eta(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))
+
+
+class ProgressDisplay(Callback):
+    """Shows progress: a rich bar on a terminal, plain lines (one per log record) elsewhere.
+
+    Args:
+        console: Where to write; its ``is_terminal`` picks the bar or the lines.
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._session_start = 0.0
+        self._session_first_step = 0
+
+    def eta(self, trainer: Trainer) -> float | None:
+        """Seconds left, from this session's pace; None before the first step of the session."""
+        state = trainer.state
+        done = state.step - self._session_first_step
+        if done <= 0:
+            return None
+        return (time.perf_counter() - self._session_start) / done * (state.total_steps - state.step)
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Start the clock (and the bar on a terminal)."""
+        self._session_start = time.perf_counter()
+        self._session_first_step = trainer.state.step
+        if self.console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[stats]}"),
+                console=self.console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(
+                "train", total=trainer.state.total_steps, completed=trainer.state.step, stats=""
+            )
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """Print a plain line (no terminal)."""
+        if self._progress is None:
+            self.console.print(self._describe(trainer, record), highlight=False, soft_wrap=True)
+
+    def on_evaluate(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """Print the evaluation result."""
+        line = (
+            f"eval step {record['step']}: loss {record['eval_loss']:.4f} | perplexity {record['eval_perplexity']:.3f}"
+            f" | token accuracy {record['eval_token_accuracy']:.4f}"
+        )
+        self.console.print(line, highlight=False, soft_wrap=True)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        """Advance the bar (terminal only)."""
+        if self._progress is not None and self._task is not None:
+            record = trainer.state.last_record("train")
+            stats = self._describe(trainer, record).split(" | ", 1)[1] if record is not None else ""
+            self._progress.update(self._task, completed=trainer.state.step, stats=stats)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """Stop the bar."""
+        self._close()
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        """Stop the bar."""
+        self._close()
+
+    def _close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _describe(self, trainer: Trainer, record: dict[str, Any]) -> str:
+        eta = self.eta(trainer)
+        return (
+            f"step {record['step']}/{trainer.state.total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.3e}"
+            f" | {record['tokens_per_s']:.0f} tok/s | ETA {_format_eta(eta) if eta is not None else '?'}"
+        )

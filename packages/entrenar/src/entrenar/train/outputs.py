@@ -1,0 +1,191 @@
+"""The output folder of a finished run (DESIGN.md section 4).
+
+Files written by `write_outputs` (each atomically):
+
+- LoRA/QLoRA: ``adapter_model.safetensors`` + ``adapter_config.json`` in PEFT's format
+  (`entrenar.lora.save_adapter`); full fine-tune: ``model.safetensors`` (or shards + index) +
+  ``config.json`` (`entrenar.models.save_pretrained`), in ``model.dtype`` (``auto``: the base's dtype);
+- ``tokenizer.json``, ``tokenizer_config.json`` (with the chat template) and ``generation_config.json``;
+- ``final_model.json``, a summary that `entrenar publish` and model cards read:
+
+  ``base_model`` {``path``, ``source`` (local|hub), ``revision``, ``resolved_revision`` (the commit of a
+  Hub snapshot, else null)}, ``method`` (full|lora|qlora), ``config`` (the resolved config), ``steps``,
+  ``epochs``, ``tokens`` {``input``, ``target``}, ``loss`` {``final_train``, ``best_train``,
+  ``final_eval``, ``best_eval``, ``best_eval_step``}, ``eval`` (the last evaluation record or null),
+  ``stop_reason`` (``completed`` or ``early_stopping``), ``parameters`` {``trainable``, ``total``},
+  ``wall_time_s``, ``data_files`` {path: sha256}, ``packages`` {name: version}, ``created_at`` (UTC, ISO 8601).
+
+``metrics.jsonl`` and ``config.yaml`` are written while training (`entrenar.train.callbacks`,
+`entrenar.config.write_resolved_config`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aprender.atomic import atomic_write_json
+from entrenar.config import config_to_dict
+from entrenar.data import resolve_data_files
+from entrenar.lora import save_adapter
+from entrenar.models import CausalLM, save_pretrained
+from entrenar.train.build import TrainingRun, compute_dtype, lora_config_of
+from entrenar.train.estimate import count_parameters
+from entrenar.train.state import TrainState
+
+__all__ = [
+    "FINAL_MODEL_FILENAME",
+    "GENERATION_CONFIG_FILENAME",
+    "data_file_hashes",
+    "final_model_summary",
+    "package_versions",
+    "write_model_files",
+    "write_outputs",
+]
+
+FINAL_MODEL_FILENAME = "final_model.json"
+GENERATION_CONFIG_FILENAME = "generation_config.json"
+PACKAGES = ("entrenar", "aprender-core", "torch", "numpy", "safetensors", "tokenizers", "pyarrow")
+_HASH_CHUNK = 1 << 20
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_file_hashes(run: TrainingRun) -> dict[str, str]:
+    """sha256 of every training and validation data file, by absolute path."""
+    data = run.config.data
+    paths = [data.train_path] + ([data.val_path] if data.val_path is not None else [])
+    return {str(file): _sha256(Path(file)) for path in paths for file in resolve_data_files(path)}
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of python and of the packages that shape a run's numbers."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _generation_config(model: CausalLM) -> dict[str, Any]:
+    if model.generation_config:
+        return dict(model.generation_config)
+    config = model.config
+    ids = {
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+    }
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in ids.items() if value is not None}
+
+
+def write_model_files(run: TrainingRun, out_dir: str | Path) -> list[Path]:
+    """The trained weights (adapter or full model), tokenizer and generation config.
+
+    A full fine-tune is converted to ``model.dtype`` in place first (its trainable weights were float32).
+
+    Args:
+        run: The trained run.
+        out_dir: The output folder (created if missing).
+
+    Returns:
+        The files written.
+    """
+    out = Path(out_dir)
+    cfg, model = run.config, run.model
+    if cfg.lora is None:
+        dtype = getattr(torch, compute_dtype(model))
+        if model.model.embed_tokens.weight.dtype != dtype:
+            model.to(dtype)
+        written = save_pretrained(model, out)
+    else:
+        written = save_adapter(
+            model,
+            out,
+            lora_config_of(cfg.lora),
+            base_model_name_or_path=cfg.model.path,
+            revision=cfg.model.revision,
+        )
+        atomic_write_json(out / GENERATION_CONFIG_FILENAME, _generation_config(model))
+        written.append(out / GENERATION_CONFIG_FILENAME)
+    written.extend(run.tokenizer.save(out))
+    return written
+
+
+def _losses(state: TrainState) -> dict[str, Any]:
+    last_train, last_eval = state.last_record("train"), state.last_record("eval")
+    return {
+        "final_train": None if last_train is None else last_train["loss"],
+        "best_train": state.best_train_loss,
+        "final_eval": None if last_eval is None else last_eval["eval_loss"],
+        "best_eval": state.best_eval_loss,
+        "best_eval_step": state.best_eval_step,
+    }
+
+
+def final_model_summary(run: TrainingRun, state: TrainState) -> dict[str, Any]:
+    """The content of ``final_model.json`` (module docstring).
+
+    Args:
+        run: The trained run.
+        state: Its final state.
+
+    Returns:
+        A JSON-serialisable dict.
+    """
+    cfg = run.config
+    counts = count_parameters(run.model)
+    last_eval = state.last_record("eval")
+    return {
+        "base_model": {
+            "path": cfg.model.path,
+            "source": cfg.model.source,
+            "revision": cfg.model.revision,
+            "resolved_revision": run.model_dir.name if cfg.model.source == "hub" else None,
+        },
+        "method": cfg.method,
+        "config": config_to_dict(cfg),
+        "steps": state.step,
+        "epochs": state.epoch,
+        "tokens": {"input": state.input_tokens, "target": state.target_tokens},
+        "loss": _losses(state),
+        "eval": None if last_eval is None else {k: v for k, v in last_eval.items() if k != "kind"},
+        "stop_reason": state.stop_reason or "completed",
+        "parameters": {"trainable": counts.trainable, "total": counts.total},
+        "wall_time_s": state.elapsed,
+        "data_files": data_file_hashes(run),
+        "packages": package_versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_outputs(run: TrainingRun, state: TrainState, out_dir: str | Path) -> list[Path]:
+    """Write the model files and ``final_model.json`` into the output folder.
+
+    Args:
+        run: The trained run.
+        state: Its final state.
+        out_dir: The output folder.
+
+    Returns:
+        The files written, ``final_model.json`` last.
+    """
+    out = Path(out_dir)
+    written = write_model_files(run, out)
+    summary = final_model_summary(run, state)
+    atomic_write_json(out / FINAL_MODEL_FILENAME, summary)
+    return [*written, out / FINAL_MODEL_FILENAME]

@@ -1,0 +1,191 @@
+"""`run_training` and `dry_run`: what ``entrenar train`` does with a validated config.
+
+Resuming: when ``<output_dir>/checkpoints/latest`` names a checkpoint, the run continues from it unless
+``resume=False`` (which deletes the checkpoints and starts over); ``resume=True`` insists on a checkpoint.
+Checkpoints are only deleted once the new run is built, so a config error never costs a checkpoint.
+
+Publishing: with a ``publish:`` section the repo id, token and write access are checked before anything
+is built (`entrenar.hub.preflight`), so a typo or a missing token fails in seconds, not after training;
+the finished output folder is then published as the section says (`entrenar.hub.publish_output`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from entrenar.config import TrainConfig, write_resolved_config
+from entrenar.errors import CheckpointError
+from entrenar.train.build import TrainingRun, build_run
+from entrenar.train.callbacks import (
+    METRICS_FILENAME,
+    Callback,
+    CheckpointSaver,
+    EarlyStopping,
+    MetricsLogger,
+    ProgressDisplay,
+)
+from entrenar.train.checkpoint import CHECKPOINTS_DIRNAME, latest_checkpoint, load_checkpoint, remove_checkpoints
+from entrenar.train.estimate import count_parameters
+from entrenar.train.loop import Trainer
+from entrenar.train.outputs import FINAL_MODEL_FILENAME, write_outputs
+from entrenar.train.state import TrainState
+
+__all__ = ["TrainResult", "default_callbacks", "describe_run", "dry_run", "run_training"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced.
+
+    Attributes:
+        output_dir: The output folder.
+        state: The final training state.
+        files: The model, tokenizer and summary files written at the end.
+        resumed_from: The checkpoint the run continued from, or None.
+        run: The run's objects (the trained model is ``run.model``).
+        published_url: The Hub repo's URL when the config has a ``publish:`` section, else None.
+    """
+
+    output_dir: Path
+    state: TrainState
+    files: list[Path]
+    resumed_from: Path | None
+    run: TrainingRun
+    published_url: str | None = None
+
+
+def default_callbacks(cfg: TrainConfig, console: Console) -> list[Callback]:
+    """``metrics.jsonl``, early stopping (when configured), checkpoints, progress: in that order.
+
+    Args:
+        cfg: The config (``training.*``).
+        console: Where progress goes.
+
+    Returns:
+        The callbacks.
+    """
+    training = cfg.training
+    callbacks: list[Callback] = [MetricsLogger(Path(training.output_dir) / METRICS_FILENAME)]
+    if training.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping(training.early_stopping_patience))
+    callbacks += [CheckpointSaver(training.save_every), ProgressDisplay(console)]
+    return callbacks
+
+
+def describe_run(run: TrainingRun) -> str:
+    """One line: method, model, trainable parameters, data and the run's length."""
+    cfg, counts = run.config, count_parameters(run.model)
+    val = "" if run.val_data is None else f", {len(run.val_data.samples)} validation samples"
+    return (
+        f"{cfg.method} fine-tune of {cfg.model.path} on {run.device.type}: {counts.trainable:,} of {counts.total:,} "
+        f"parameters train ({counts.percent:.2f}%); {len(run.train_data.samples)} training samples "
+        f"({run.train_data.stats.format}){val}; {run.plan.total_steps} steps of {cfg.training.grad_accum} x "
+        f"{cfg.data.batch_size} x {cfg.data.seq_len} tokens"
+    )
+
+
+def _preflight(cfg: TrainConfig, console: Console) -> None:
+    """With a ``publish:`` section: check the repo id, the token and write access now, before training."""
+    if cfg.publish is None:
+        return
+    from entrenar.hub import preflight  # the Hub client is needed only when publishing
+
+    account = preflight(cfg.publish.repo, cfg.publish.private, cfg.publish.endpoint)
+    console.print(
+        f"will publish to {cfg.publish.repo} as {account.user} ({account.token_source})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _resume_point(root: Path, resume: bool | None) -> Path | None:
+    if resume is False:
+        return None
+    latest = latest_checkpoint(root)
+    if latest is None and resume:
+        raise CheckpointError(f"--resume: no checkpoint in {root}; run without --resume to start training")
+    return latest
+
+
+def run_training(
+    cfg: TrainConfig,
+    *,
+    resume: bool | None = None,
+    console: Console | None = None,
+    callbacks: list[Callback] | None = None,
+) -> TrainResult:
+    """Train as the config says and write the output folder.
+
+    Args:
+        cfg: The validated config.
+        resume: True: continue from the latest checkpoint (error if none); False: delete checkpoints and
+            start over; None: continue when a checkpoint exists.
+        console: Where messages and progress go (default: stdout).
+        callbacks: Extra callbacks, called after the default ones.
+
+    Returns:
+        The result.
+
+    Raises:
+        AprenderError: A user-caused problem (config, data, model, checkpoint; Hub access or upload when publishing).
+        TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was saved.
+    """
+    console = console or Console()
+    out = Path(cfg.training.output_dir)
+    root = out / CHECKPOINTS_DIRNAME
+    start_from = _resume_point(root, resume)
+    _preflight(cfg, console)
+    run = build_run(cfg)
+    console.print(describe_run(run), highlight=False, soft_wrap=True)
+    trainer = Trainer(run, callbacks=default_callbacks(cfg, console) + list(callbacks or []), checkpoint_dir=root)
+    if start_from is not None:
+        trainer.restore(load_checkpoint(start_from))
+        console.print(
+            f"resuming from {start_from} (step {trainer.state.step}); pass --no-resume to start over",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        remove_checkpoints(root)
+        (out / FINAL_MODEL_FILENAME).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_resolved_config(cfg, out)
+    state = trainer.fit()
+    files = write_outputs(run, state, out)
+    console.print(
+        f"trained {state.step} steps in {state.elapsed:.1f}s; output written to {out}", highlight=False, soft_wrap=True
+    )
+    url = None
+    if cfg.publish is not None:
+        from entrenar.hub import publish_output
+
+        url = publish_output(out, cfg.publish).url
+        console.print(f"published to {url}", highlight=False, soft_wrap=True)
+    return TrainResult(output_dir=out, state=state, files=files, resumed_from=start_from, run=run, published_url=url)
+
+
+def dry_run(cfg: TrainConfig, *, console: Console | None = None) -> float:
+    """Build everything (and check publishing access) and take one optimizer step, writing nothing.
+
+    No output folder, no checkpoint, no upload.
+
+    Args:
+        cfg: The validated config.
+        console: Where the summary goes (default: stdout).
+
+    Returns:
+        The loss of the step.
+
+    Raises:
+        AprenderError: A user-caused problem (config, data, model, Hub access when publishing).
+    """
+    console = console or Console()
+    _preflight(cfg, console)
+    run = build_run(cfg)
+    console.print(describe_run(run), highlight=False, soft_wrap=True)
+    loss = Trainer(run).train_step()
+    console.print(f"dry run: one step took loss {loss:.4f}; nothing was written", highlight=False, soft_wrap=True)
+    return loss

@@ -1,0 +1,144 @@
+"""User mistakes reach `entrenar train|validate|info` as one ``error: ...`` line and exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+
+from entrenar.cli import main
+from fixtures.hub import LocalHub
+
+runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
+
+
+def _yaml(text: str) -> Callable[[Path, Path], Path]:
+    def make(folder: Path, model: Path) -> Path:
+        runs.write_config(folder, model)
+        path = folder / "config.yaml"
+        path.write_text(text.replace("MODEL", str(model)), encoding="utf-8")
+        return path
+
+    return make
+
+
+def _config(**sections: object) -> Callable[[Path, Path], Path]:
+    return lambda folder, model: runs.write_config(folder, model, **sections)
+
+
+def _bad_jsonl(folder: Path, model: Path) -> Path:
+    lines = [json.dumps(r) for r in runs.memory_records()]
+    runs.write_jsonl(folder / "bad.jsonl", [lines[0], lines[1], '{"prompt": "x", "completion": ', lines[2]])
+    return runs.write_config(folder, model, data={"train_path": "bad.jsonl"})
+
+
+def _empty(folder: Path, model: Path) -> Path:
+    (folder / "empty.jsonl").write_text("\n\n")
+    return runs.write_config(folder, model, data={"train_path": "empty.jsonl"})
+
+
+def _gpt2(folder: Path, model: Path) -> Path:
+    other = folder / "gpt2"
+    shutil.copytree(model, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    return runs.write_config(folder, other)
+
+
+CASES: list[tuple[str, Callable[[Path, Path], Path], list[str], str]] = [
+    ("bad yaml", _yaml("model: {path: MODEL\ndata: [\n"), [], r"config\.yaml:\d+:\d+: "),
+    ("unknown key", _config(lora={"rnak": 4}), [], r"lora\.rnak: unknown key; did you mean rank\?"),
+    ("wrong type", _config(training={"max_steps": "ten"}), [], r"training\.max_steps: .*integer"),
+    ("bad override", _config(), ["training.max_steps=abc"], r"training\.max_steps: .*\(from the command line\)"),
+    ("missing config", lambda folder, model: folder / "nope.yaml", [], r"nope\.yaml: no such file"),
+    (
+        "missing data file",
+        _config(data={"train_path": "missing.jsonl"}),
+        [],
+        r"data\.train_path: .*missing\.jsonl does not exist",
+    ),
+    ("malformed jsonl line", _bad_jsonl, [], r"bad\.jsonl:3: "),
+    ("empty dataset", _empty, [], r"empty\.jsonl: no usable records"),
+    ("unsupported model type", _gpt2, [], r"model_type 'gpt2' is not supported"),
+    ("bad repo id", _config(model={"path": "not a/repo id!"}), [], r"model\.path: .*nor a Hub repo id"),
+]
+
+
+DATA_CASES = ("malformed jsonl line", "empty dataset")  # `info` reads no data
+PARAMS = [
+    pytest.param(command, *case, id=f"{command}-{case[0]}")
+    for case in CASES
+    for command in ("train", "validate", "info")
+    if not (command == "info" and case[0] in DATA_CASES)
+]
+
+
+@pytest.mark.parametrize(("command", "name", "make", "overrides", "message"), PARAMS)
+def test_user_errors_are_one_line_with_exit_code_2(
+    command: str,
+    name: str,
+    make: Callable[[Path, Path], Path],
+    overrides: list[str],
+    message: str,
+    tiny_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = make(tmp_path, tiny_checkpoints["qwen2"])
+    with pytest.raises(SystemExit) as exc:
+        main([command, str(config), *overrides])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("command", ["train", "validate", "info"])
+def test_a_repo_the_hub_does_not_have(
+    command: str,
+    local_hub: LocalHub,
+    tiny_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"], model={"path": "alice/missing"})
+    with pytest.raises(SystemExit) as exc:
+        main([command, str(config)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "alice/missing" in err, err
+
+
+def test_dry_run_does_not_resume(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"])
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(config), "--dry-run", "--resume"])
+    assert exc.value.code == 2
+    assert "--dry-run writes nothing and never resumes" in capsys.readouterr().err
+
+
+def test_an_unsupported_model_type_on_the_hub_names_the_repo(
+    local_hub: LocalHub, tiny_checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aprender.hub import upload_folder
+
+    upload_folder(
+        "alice/gpt", _gpt2(tmp_path, tiny_checkpoints["qwen2"]).parent / "gpt2", token=local_hub.tokens["alice"]
+    )
+    config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"], model={"path": "alice/gpt"})
+    capsys.readouterr()  # the upload's progress bars
+    with pytest.raises(SystemExit) as exc:
+        main(["info", str(config)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert (
+        err
+        == "error: alice/gpt/config.json: model_type 'gpt2' is not supported; supported: llama, mistral, qwen2, qwen3\n"
+    )

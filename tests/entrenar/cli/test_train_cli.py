@@ -1,0 +1,142 @@
+"""``entrenar train``: a whole run, automatic resume, --resume/--no-resume, --dry-run, and Ctrl-C/SIGTERM (exit 130)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+
+from entrenar.cli import main
+from entrenar.errors import TrainingInterrupted
+from entrenar.train import latest_checkpoint
+
+runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
+
+
+def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_resume_and_start_over(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"], training={"save_every": 4, "max_steps": 6})
+    out = tmp_path / "out"
+    code, stdout, _ = _main(capsys, "train", str(config), "training.log_every=2")
+    assert code == 0
+    assert re.search(r"^step 2/6 \| loss \d+\.\d{4} \| lr 1\.000e-02 \| \d+ tok/s \| ETA ", stdout, re.M)
+    assert "trained 6 steps in" in stdout and str(out) in stdout
+    assert {p.name for p in out.iterdir()} >= {
+        "adapter_model.safetensors",
+        "final_model.json",
+        "metrics.jsonl",
+        "config.yaml",
+    }
+    assert [r["step"] for r in runs.read_metrics(out)] == [2, 4, 6]
+
+    # Again with a longer run: resumes from the step-4 checkpoint (the newest; step 6 was not a multiple of 4).
+    code, stdout, _ = _main(capsys, "train", str(config), "training.log_every=2", "training.max_steps=8")
+    assert code == 0
+    assert f"resuming from {out / 'checkpoints' / 'step-4'} (step 4); pass --no-resume to start over" in stdout
+    assert [r["step"] for r in runs.read_metrics(out)] == [2, 4, 6, 8]  # step 6 logged once
+    assert json.loads((out / "final_model.json").read_text())["steps"] == 8
+
+    code, stdout, _ = _main(capsys, "train", str(config), "--no-resume", "training.max_steps=2")
+    assert code == 0 and "resuming" not in stdout
+    assert [r["step"] for r in runs.read_metrics(out)] == [1, 2]
+    assert latest_checkpoint(out / "checkpoints") is None  # old checkpoints deleted, none due in 2 steps
+
+    code, _, err = _main(capsys, "train", str(config), "--resume")
+    assert code == 2 and err.startswith("error: --resume: no checkpoint in ")
+
+
+def test_dry_run_writes_nothing(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"])
+    code, stdout, _ = _main(capsys, "train", str(config), "--dry-run")
+    assert code == 0
+    assert re.search(r"dry run: one step took loss \d+\.\d{4}; nothing was written", stdout)
+    assert not (tmp_path / "out").exists()
+
+
+def test_whole_run_in_a_child_process(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    config = runs.write_config(tmp_path, tiny_checkpoints["llama"], quantize={"bits": 4}, training={"max_steps": 3})
+    done = runs.run_cli("train", str(config), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "qlora fine-tune of" in done.stdout and "step 3/3" in done.stdout
+    assert json.loads((tmp_path / "out" / "final_model.json").read_text())["method"] == "qlora"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_checkpoint_and_exits_130(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, signum: int
+) -> None:
+    config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"], training={"max_steps": 100000})
+    child = subprocess.Popen(
+        [*runs.CLI, "train", str(config), "training.save_every=100000"],
+        env=runs.subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "out" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert child.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.05)
+    child.send_signal(signum)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    name = signal.Signals(signum).name
+    match = re.fullmatch(
+        rf"stopped by {name} after step (\d+); checkpoint saved to (\S+); "
+        rf"run `entrenar train {re.escape(str(config))} training\.save_every=100000` to resume\n",
+        stderr,
+    )
+    assert match, stderr
+    step, folder = int(match.group(1)), Path(match.group(2))
+    assert folder == tmp_path / "out" / "checkpoints" / f"step-{step}"
+    assert latest_checkpoint(folder.parent) == folder
+    assert [r["step"] for r in runs.read_metrics(tmp_path / "out")] == list(range(1, step + 1))
+    assert not (tmp_path / "out" / "final_model.json").exists()
+    if signum == signal.SIGINT:  # and the run continues from there
+        resumed = runs.run_cli("train", str(config), "--resume", f"training.max_steps={step + 2}")
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"(step {step})" in resumed.stdout
+        assert [r["step"] for r in runs.read_metrics(tmp_path / "out")] == list(range(1, step + 3))
+
+
+def test_the_interrupt_message_quotes_the_command_to_resume(
+    tiny_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import entrenar.train
+
+    def interrupted(cfg: object, resume: bool | None) -> None:
+        raise TrainingInterrupted(
+            "stopped by SIGINT after step 3; checkpoint saved to ck", step=3, checkpoint=Path("ck")
+        )
+
+    monkeypatch.setattr(entrenar.train, "run_training", interrupted)
+    config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"])
+    code, _, err = _main(capsys, "train", str(config), "lora.target_modules=[q_proj, v_proj]")
+    assert code == 130
+    assert err == (
+        "stopped by SIGINT after step 3; checkpoint saved to ck; "
+        f"run `entrenar train {config} 'lora.target_modules=[q_proj, v_proj]'` to resume\n"
+    )

@@ -1,0 +1,175 @@
+"""entrenar.train.build / run / validate: step plans, precision, Hub models pinned by revision, dry runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from aprender.hub import upload_folder
+from entrenar.config import load_config
+from entrenar.errors import CheckpointError, ConfigError, LoraError
+from entrenar.models import from_pretrained, save_pretrained
+from entrenar.train import Trainer, build_run, dry_run, plan_steps, resolve_model_dir, run_training
+from entrenar.train.build import select_device
+from entrenar.train.validate import validate_run
+from fixtures.hub import LocalHub
+
+runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
+
+
+@pytest.mark.parametrize(
+    ("epochs", "max_steps", "grad_accum", "batches", "expected"),
+    [
+        (3, None, 1, 4, (12, 12)),  # 3 epochs x 4 batches
+        (3, None, 3, 4, (12, 4)),  # 12 micro-batches in steps of 3
+        (1, None, 3, 4, (4, 2)),  # the last step takes the 1 micro-batch left
+        (3, 5, 1, 4, (5, 5)),  # max_steps stops earlier
+        (3, 50, 2, 4, (12, 6)),  # ... but never later than the epochs
+    ],
+)
+def test_plan_steps(
+    tiny_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    epochs: int,
+    max_steps: int | None,
+    grad_accum: int,
+    batches: int,
+    expected: tuple[int, int],
+) -> None:
+    training = {"epochs": epochs, "max_steps": max_steps, "grad_accum": grad_accum}
+    cfg = load_config(runs.write_config(tmp_path, tiny_checkpoints["qwen2"], training=training))
+    plan = plan_steps(cfg.training, batches)
+    assert (plan.total_micro_batches, plan.total_steps) == expected
+    assert plan.batches_per_epoch == batches
+
+
+def test_the_last_step_takes_only_the_micro_batches_left(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"])  # 8 samples, batch 4: 2 per epoch
+    trainer = Trainer(
+        build_run(load_config(config, ["training.max_steps=null", "training.epochs=1", "training.grad_accum=3"]))
+    )
+    trainer.fit()
+    assert (trainer.state.step, trainer.state.micro_batches, trainer.state.epoch) == (1, 2, 1.0)
+
+
+def test_warmup_must_end_before_the_run(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    # The config cannot check this when max_steps is null: 1 epoch of 2 steps, warmup 2.
+    overrides = ["training.max_steps=null", "training.epochs=1", "scheduler.name=cosine", "scheduler.warmup_steps=2"]
+    cfg = load_config(runs.write_config(tmp_path, tiny_checkpoints["qwen2"]), overrides)
+    with pytest.raises(ConfigError, match=r"scheduler\.warmup_steps: 2 must be below the run's 2 optimizer steps"):
+        build_run(cfg)
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        validate_run(cfg)
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [("[lm_head]", "selects lm_head"), ("[nope_proj]", "nope_proj"), ("'.*head'", "selects lm_head")],
+)
+def test_lora_targets_are_checked(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, targets: str, message: str
+) -> None:
+    cfg = load_config(runs.write_config(tmp_path, tiny_checkpoints["qwen2"]), [f"lora.target_modules={targets}"])
+    with pytest.raises(LoraError, match=message):
+        build_run(cfg)
+
+
+def test_precision_of_a_bfloat16_run(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    cfg = load_config(runs.write_config(tmp_path, tiny_checkpoints["qwen2"]), ["model.dtype=bfloat16"])
+    run = build_run(cfg)
+    assert run.precision.dtype == torch.bfloat16 and run.device == select_device() == torch.device("cpu")
+    dtypes = {p.dtype for p in run.model.parameters() if p.requires_grad}
+    assert dtypes == {torch.float32}  # trainable master weights
+    assert run.model.get_parameter("model.layers.0.mlp.up_proj.weight").dtype == torch.bfloat16  # frozen
+    assert Trainer(run).train_step() > 0
+
+
+def test_dry_run_takes_one_step_and_writes_nothing(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    cfg = load_config(runs.write_config(tmp_path, tiny_checkpoints["qwen2"]))
+    console = Console(file=io.StringIO())
+    loss = dry_run(cfg, console=console)
+    assert loss == Trainer(build_run(cfg)).train_step()  # the same first step
+    assert not (tmp_path / "out").exists()
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "lora fine-tune of" in output and "16,384 of 221,760 parameters train" in output
+    assert f"dry run: one step took loss {loss:.4f}; nothing was written" in output
+
+
+def test_resume_true_without_a_checkpoint_fails(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    cfg = load_config(runs.write_config(tmp_path, tiny_checkpoints["qwen2"]))
+    with pytest.raises(CheckpointError, match=r"--resume: no checkpoint in .*checkpoints"):
+        run_training(cfg, resume=True, console=Console(file=io.StringIO()))
+
+
+def test_validate_run_reports_without_loading_weights(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "no-weights"
+    shutil.copytree(tiny_checkpoints["qwen2"], folder)
+    (folder / "model.safetensors").unlink()  # validate must not need them
+    cfg = load_config(runs.write_config(tmp_path, folder), ["data.val_split=0.25", "data.packing=true"])
+    report = validate_run(cfg)
+    assert (report.parameters.trainable, report.parameters.total) == (16384, 221760)
+    assert (len(report.train_data.samples), len(report.val_data.samples)) == (6, 2)  # type: ignore[union-attr]
+    lines = report.describe()
+    assert lines[0].startswith("model: qwen2, 2 layers, hidden 64, 4 heads (2 kv), vocab 1024")
+    tokens = report.train_data.n_target_tokens
+    assert lines[1] == (
+        f"train: 6 samples (prompt_completion) from 1 file(s), packed into 6 rows; {tokens:,} target tokens; "
+        "0 truncated, 0 dropped"
+    )  # 50-61 tokens each: one per 64-token row
+    assert lines[2].startswith("validation: 2 samples")
+    assert lines[3] == "plan: 10 optimizer steps (2 batches per epoch)"  # 6 rows / batch 4
+
+
+def _upload(local_hub: LocalHub, folder: Path) -> str:
+    url = upload_folder("alice/tiny", folder, token=local_hub.tokens["alice"])
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def test_hub_model_pinned_by_revision(local_hub: LocalHub, tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    first = tmp_path / "v1"
+    shutil.copytree(tiny_checkpoints["qwen2"], first)
+    sha = _upload(local_hub, first)
+    second = tmp_path / "v2"
+    model = from_pretrained(first)
+    with torch.no_grad():
+        model.lm_head_weight.mul_(2)
+    save_pretrained(model, second)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(first / name, second / name)
+    _upload(local_hub, second)
+    head = {}
+    for revision in (None, sha):
+        section = {"path": "alice/tiny", "revision": revision}
+        cfg = load_config(runs.write_config(tmp_path, first, model=section), ["training.max_steps=1"])
+        result = run_training(cfg, resume=False, console=Console(file=io.StringIO()))
+        head[revision] = result.run.model.lm_head_weight.detach()
+        summary = json.loads((result.output_dir / "final_model.json").read_text())
+        assert summary["base_model"]["source"] == "hub"
+        assert summary["base_model"]["revision"] == revision
+        assert summary["base_model"]["resolved_revision"] == result.run.model_dir.name
+    original = from_pretrained(first).lm_head_weight.detach()
+    assert torch.equal(head[sha], original)  # pinned: the first commit
+    assert torch.equal(head[None], 2 * original)  # default branch: the second
+    assert (head[sha] != head[None]).any()
+
+
+def test_hub_model_without_weights_for_validation(
+    local_hub: LocalHub, tiny_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    _upload(local_hub, tiny_checkpoints["qwen2"])
+    cfg = load_config(runs.write_config(tmp_path, tiny_checkpoints["qwen2"], model={"path": "alice/tiny"}))
+    folder = resolve_model_dir(cfg.model, weights=False)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    assert validate_run(cfg).parameters.trainable == 16384

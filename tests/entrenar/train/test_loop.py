@@ -1,0 +1,191 @@
+"""entrenar.train.loop / callbacks / state: signals, restore checks, progress output, metrics file, state JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import signal
+import threading
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from entrenar.config import load_config
+from entrenar.errors import CheckpointError, DataError, TrainingInterrupted
+from entrenar.train import (
+    Callback,
+    MetricsLogger,
+    ProgressDisplay,
+    Trainer,
+    TrainState,
+    build_run,
+    latest_checkpoint,
+    load_checkpoint,
+)
+from entrenar.train.state import LogWindow
+
+runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
+
+
+@pytest.fixture
+def config(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> Path:
+    return runs.write_config(tmp_path, tiny_checkpoints["qwen2"])
+
+
+def _trainer(config: Path, *overrides: str, callbacks: list[Callback] | None = None) -> Trainer:
+    run = build_run(load_config(config, list(overrides)))
+    return Trainer(run, callbacks=callbacks or [], checkpoint_dir=config.parent / "out" / "checkpoints")
+
+
+def test_state_round_trips_through_json() -> None:
+    state = TrainState(total_steps=10, batches_per_epoch=4, step=3, micro_batches=6, loss=1.5)
+    state.window = LogWindow(loss_sum=3.0, target_tokens=2, input_tokens=9, steps=1)
+    state.history.append({"kind": "train", "step": 3, "loss": 1.5})
+    again = TrainState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert again == state
+    assert (again.epoch, again.done, again.window.loss) == (1.5, False, 1.5)
+    assert math.isnan(LogWindow().loss)
+    assert again.last_record("eval") is None and again.last_record("train") == {"kind": "train", "step": 3, "loss": 1.5}
+    again.stop_reason = "early_stopping"
+    assert again.done
+
+
+class _SendSignal(Callback):
+    def __init__(self, at: int, signum: int, times: int = 1) -> None:
+        self.at, self.signum, self.times = at, signum, times
+        self.interrupted = False
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if trainer.state.step == self.at:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        self.interrupted = True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_checkpoint_and_raises(config: Path, signum: int) -> None:
+    sender = _SendSignal(2, signum)
+    display = ProgressDisplay(Console(file=io.StringIO(), force_terminal=True))
+    trainer = _trainer(config, callbacks=[sender, display])
+    before = signal.getsignal(signum)
+    with pytest.raises(TrainingInterrupted) as caught:
+        trainer.fit()
+    root = config.parent / "out" / "checkpoints"
+    assert (caught.value.step, caught.value.checkpoint) == (2, root / "step-2")
+    assert (
+        str(caught.value)
+        == f"stopped by {signal.Signals(signum).name} after step 2; checkpoint saved to {root / 'step-2'}"
+    )
+    assert latest_checkpoint(root) == root / "step-2" and load_checkpoint(root / "step-2").step == 2
+    assert sender.interrupted
+    assert display._progress is None  # the bar was stopped, so the message is not drawn over
+    assert signal.getsignal(signum) is before  # handlers restored
+
+
+def test_a_second_sigint_interrupts_at_once(config: Path) -> None:
+    trainer = _trainer(config, callbacks=[_SendSignal(1, signal.SIGINT, times=2)])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert latest_checkpoint(config.parent / "out" / "checkpoints") is None
+
+
+def test_fit_runs_outside_the_main_thread(config: Path) -> None:
+    trainer = _trainer(config, "training.max_steps=2")
+    worker = threading.Thread(target=trainer.fit)
+    worker.start()
+    worker.join()
+    assert trainer.state.step == 2
+
+
+def test_restore_refuses_another_config_but_allows_a_longer_run(config: Path) -> None:
+    trainer = _trainer(config, "training.max_steps=2")
+    trainer.fit()
+    checkpoint_dir = trainer.save_checkpoint()
+    longer = _trainer(config, "training.max_steps=4", "training.log_every=2")
+    longer.restore(load_checkpoint(checkpoint_dir))
+    assert (longer.state.step, longer.state.total_steps) == (2, 4)
+    longer.fit()
+    assert longer.state.step == 4
+    other = _trainer(config, "optimizer.lr=0.5")
+    with pytest.raises(CheckpointError, match=r"trained with another optimizer\.lr \(1 key\(s\) differ\)"):
+        other.restore(load_checkpoint(checkpoint_dir))
+    with pytest.raises(CheckpointError, match=r"another lora \(1 key"):
+        _trainer(config, "lora=null").restore(load_checkpoint(checkpoint_dir))
+
+
+def test_restore_refuses_weights_that_do_not_fit(config: Path) -> None:
+    trainer = _trainer(config, "training.max_steps=1")
+    trainer.fit()
+    checkpoint = load_checkpoint(trainer.save_checkpoint())
+    name = "model.layers.0.self_attn.q_proj.lora_A"
+    missing = load_checkpoint(trainer.save_checkpoint())
+    del missing.weights[name]
+    with pytest.raises(CheckpointError, match=rf"trainable parameter '{re.escape(name)}' is in one of"):
+        _trainer(config).restore(missing)
+    checkpoint.weights[name] = checkpoint.weights[name][:2]
+    with pytest.raises(CheckpointError, match=r"has shape \[2, 64\], the model \[8, 64\]"):
+        _trainer(config).restore(checkpoint)
+
+
+def test_misuse_is_reported(config: Path) -> None:
+    run = build_run(load_config(config))
+    with pytest.raises(CheckpointError, match="no checkpoint folder"):
+        Trainer(run).save_checkpoint()
+    with pytest.raises(DataError, match="no validation data"):
+        Trainer(run).evaluate()
+
+
+def test_metrics_logger_rewrites_the_file_from_the_state(config: Path, tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "step": 9}\n')  # a line from after the checkpoint
+    trainer = _trainer(config, "training.max_steps=1")
+    trainer.state.history = [{"kind": "train", "step": 1, "loss": 2.0}]
+    trainer.state.step = 1
+    trainer.callbacks = [MetricsLogger(path)]
+    trainer.state.total_steps = 2
+    trainer.fit()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+
+
+def _progress_output(config: Path, terminal: bool) -> str:
+    console = Console(file=io.StringIO(), force_terminal=terminal, width=200)
+    _trainer(
+        config,
+        "training.max_steps=3",
+        "data.val_split=0.25",
+        "training.eval_every=2",
+        callbacks=[ProgressDisplay(console)],
+    ).fit()
+    return console.file.getvalue()  # type: ignore[attr-defined, no-any-return]
+
+
+def test_progress_lines_without_a_terminal(config: Path) -> None:
+    lines = _progress_output(config, terminal=False).splitlines()
+    pattern = r"step {}/3 \| loss \d+\.\d{{4}} \| lr 1\.000e-02 \| \d+ tok/s \| ETA \d+:\d\d:\d\d"
+    assert re.fullmatch(pattern.format(1), lines[0])
+    assert re.fullmatch(r"eval step 2: loss \d+\.\d{4} \| perplexity \d+\.\d{3} \| token accuracy 0\.\d{4}", lines[2])
+    assert re.fullmatch(pattern.format(3), lines[3]) and lines[3].endswith("ETA 0:00:00")
+    assert len(lines) == 5  # 3 steps, evaluations at 2 and 3
+
+
+def test_progress_bar_on_a_terminal(config: Path) -> None:
+    output = _progress_output(config, terminal=True)
+    assert "\x1b[" in output  # rich redraws the bar with control sequences
+    assert "3/3" in output and "tok/s" in output and "eval step 2: loss" in output
+    assert "step 1/3 |" not in output  # no plain lines
+
+
+def test_eta_is_unknown_before_the_first_step(config: Path) -> None:
+    display = ProgressDisplay(Console(file=io.StringIO()))
+    trainer: Any = _trainer(config)
+    display.on_train_begin(trainer)
+    assert display.eta(trainer) is None

@@ -1,0 +1,148 @@
+"""Exact resume: a run SIGKILLed mid-way (or mid-checkpoint) and resumed equals an uninterrupted run, bit for bit.
+
+Every run is a child process with one torch thread. The config exercises what resume must restore: LoRA
+dropout (torch RNG), gradient accumulation across epoch boundaries with a checkpoint mid-epoch (data
+position), AdamW moments (optimizer), a linear schedule with warmup (scheduler), evaluations and log lines
+written after the checkpoint (``metrics.jsonl`` must drop them).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+
+from entrenar.train import latest_checkpoint, load_checkpoint
+
+runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
+
+# 8 records, val_split 0.25 -> 6 training samples; batch 2 -> 3 micro-batches per epoch; grad_accum 2 -> a
+# step spans epochs; the step-5 checkpoint sits at micro-batch 10 = epoch 3, batch 1 (mid-epoch).
+SECTIONS: dict[str, Any] = {
+    "data": {"batch_size": 2, "val_split": 0.25},
+    "lora": {"rank": 4, "alpha": 8, "dropout": 0.1},
+    "optimizer": {"lr": 5.0e-3, "weight_decay": 0.01},
+    "scheduler": {"name": "linear", "warmup_steps": 2},
+    "training": {"max_steps": 12, "grad_accum": 2, "save_every": 5, "keep_checkpoints": 2, "eval_every": 4},
+}
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from rich.console import Console
+    from entrenar.config import load_config
+    from entrenar.train import Callback, run_training
+    from entrenar.train import checkpoint as ckpt
+
+    config, mode, step, marker = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+
+    def hang():
+        marker.write_text("ready")
+        while True:
+            time.sleep(1)
+
+    class HangAfterStep(Callback):
+        def on_step_end(self, trainer):
+            if trainer.state.step == step:
+                hang()
+
+    real_save = ckpt._torch_save
+
+    def save_then_hang(obj, path):  # hang inside the step's checkpoint, its optimizer file half-way on disk
+        real_save(obj, path)
+        if path.name == "optimizer.pt" and path.parent.name.startswith(f".tmp-step-{step}-"):
+            hang()
+
+    if mode == "save":
+        ckpt._torch_save = save_then_hang
+    callbacks = [HangAfterStep()] if mode == "step" else []
+    run_training(load_config(config), callbacks=callbacks, console=Console(file=sys.stderr))
+    """
+)
+
+
+def _kill_when_ready(folder: Path, config: Path, mode: str, step: int) -> None:
+    """Run the child until it reports it is hanging at `step`, then SIGKILL it."""
+    script, marker = folder / "child.py", folder / f"ready-{mode}-{step}"
+    script.write_text(_CHILD)
+    args = [sys.executable, str(script), str(config), mode, str(step), str(marker)]
+    child = subprocess.Popen(args, env=runs.subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        if child.poll() is not None:
+            pytest.fail(f"the child exited with {child.returncode}: {child.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the child never reached the kill point"
+        time.sleep(0.05)
+    child.kill()  # SIGKILL: no handler, no cleanup
+    assert child.wait(timeout=30) == -9
+    child.stderr.close()  # type: ignore[union-attr]
+
+
+def _train(config: Path) -> subprocess.CompletedProcess[str]:
+    done = runs.run_cli("train", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _comparable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in record.items() if k != "tokens_per_s"} for record in records]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    for kind in ("train", "eval"):
+        assert _comparable(runs.read_metrics(a, kind)) == _comparable(runs.read_metrics(b, kind)), kind
+    for name in ("adapter_model.safetensors", "checkpoints/step-10/trainable.safetensors"):
+        left, right = load_file(a / name), load_file(b / name)
+        assert left.keys() == right.keys()
+        for key in left:
+            assert left[key].equal(right[key]), (name, key)  # bit for bit
+
+
+@pytest.fixture(scope="module")
+def straight(memorizable_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of the uninterrupted 12-step run."""
+    folder = tmp_path_factory.mktemp("straight")
+    _train(runs.write_config(folder, memorizable_checkpoints["qwen2"], **SECTIONS))
+    return folder / "out"
+
+
+def test_straight_run_logs_what_the_comparison_needs(straight: Path) -> None:
+    assert [r["step"] for r in runs.read_metrics(straight)] == list(range(1, 13))
+    assert [r["step"] for r in runs.read_metrics(straight, "eval")] == [4, 8, 12]
+    assert [p.name for p in sorted((straight / "checkpoints").glob("step-*"))] == ["step-10", "step-5"]
+
+
+def test_sigkill_after_a_checkpoint_then_resume_equals_the_straight_run(
+    straight: Path, memorizable_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    config = runs.write_config(tmp_path, memorizable_checkpoints["qwen2"], **SECTIONS)
+    _kill_when_ready(tmp_path, config, "step", 7)
+    out = tmp_path / "out"
+    assert latest_checkpoint(out / "checkpoints") == out / "checkpoints" / "step-5"
+    assert [r["step"] for r in runs.read_metrics(out)] == list(range(1, 8))  # steps 6-7 logged after the checkpoint
+    resumed = _train(config)
+    assert "resuming from" in resumed.stdout and "(step 5)" in resumed.stdout
+    assert [r["step"] for r in runs.read_metrics(out)] == list(range(1, 13))  # 6 and 7 once, not twice
+    _assert_same_run(straight, out)
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(
+    straight: Path, memorizable_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    config = runs.write_config(tmp_path, memorizable_checkpoints["qwen2"], **SECTIONS)
+    _kill_when_ready(tmp_path, config, "save", 10)
+    root = tmp_path / "out" / "checkpoints"
+    assert latest_checkpoint(root) == root / "step-5"
+    assert load_checkpoint(root / "step-5").step == 5  # complete and verified
+    assert [p.name for p in root.glob(".tmp-step-10-*")], "the half-written checkpoint is where the kill left it"
+    _train(config)
+    assert not list(root.glob(".tmp-*"))
+    _assert_same_run(straight, tmp_path / "out")

@@ -37,5 +37,8 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix packages tests benchmarks examples
 	$(PY) -m ruff format packages tests benchmarks examples
 
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache .mypy_cache .coverage

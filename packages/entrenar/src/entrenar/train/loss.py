@@ -26,7 +26,11 @@ from torch import Tensor
 from aprender.loss import Reduction, chunked_causal_lm_loss
 from entrenar.models import CausalLM
 
-__all__ = ["CausalLMLoss", "batch_hidden_states"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "CausalLMLoss", "batch_hidden_states"]
+
+DEFAULT_CHUNK_SIZE = 1024
+"""Tokens per chunk of logits. A (1024, vocab) float32 chunk is 192 MiB for a 49k vocabulary; on a CPU the
+LM-head matmuls run about 10% faster at 1024 rows than at 256 (measured on SmolLM2-135M)."""
 
 
 def batch_hidden_states(model: CausalLM, batch: Mapping[str, Tensor]) -> Tensor:
@@ -62,7 +66,7 @@ class CausalLMLoss:
 
     name: ClassVar[str] = "causal_lm"
     model: CausalLM
-    chunk_size: int = 1024
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     ignore_index: int = -100
     reduction: Reduction = "sum"
 
@@ -80,6 +84,11 @@ class CausalLMLoss:
             InvalidArgumentError: Shapes that do not fit, a label outside the vocabulary, a bad option.
         """
         weight = self.model.lm_head_weight
+        if self.reduction != "none" and pred.shape[:-1] == target.shape:
+            # Only positions with a label reach the LM head: prompt tokens, padding and the last token of
+            # each sample cost no (tokens, vocab) logits. Sums and means over the kept rows are unchanged.
+            keep = (target != self.ignore_index).reshape(-1)
+            pred, target = pred.reshape(-1, pred.shape[-1])[keep], target.reshape(-1)[keep]
         return chunked_causal_lm_loss(
             pred,
             weight if weight.dtype == pred.dtype else weight.to(pred.dtype),

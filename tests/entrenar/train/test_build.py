@@ -91,6 +91,37 @@ def test_precision_of_a_bfloat16_run(tiny_checkpoints: dict[str, Path], tmp_path
     assert Trainer(run).train_step() > 0
 
 
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process's memory maps of `path` (Linux /proc/self/maps)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path.resolve()):
+            start, end = (int(value, 16) for value in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the Linux memory-map table")
+def test_qlora_keeps_no_tensor_in_the_checkpoint_memory_map(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    # The oracle: a plain load leaves the weights as views of the file's map; after QLoRA's build no tensor
+    # of the model points into a map of the file (so the map, and its resident pages, can go).
+    folder = tiny_checkpoints["qwen2"]
+    checkpoint = folder / "model.safetensors"
+    plain = from_pretrained(folder)
+
+    def in_map(tensor: torch.Tensor, ranges: list[tuple[int, int]]) -> bool:
+        return any(start <= tensor.untyped_storage().data_ptr() < end for start, end in ranges)
+
+    embedding = plain.get_parameter("model.embed_tokens.weight")
+    assert in_map(embedding, _mapped_ranges(checkpoint))
+    cfg = load_config(runs.write_config(tmp_path, folder, quantize={"bits": 4, "type": "nf4"}))
+    model = build_run(cfg).model
+    ranges = _mapped_ranges(checkpoint)
+    tensors = [*model.parameters(), *model.buffers()]
+    assert tensors and not any(in_map(tensor, ranges) for tensor in tensors)
+
+
 def test_dry_run_takes_one_step_and_writes_nothing(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
     cfg = load_config(runs.write_config(tmp_path, tiny_checkpoints["qwen2"]))
     console = Console(file=io.StringIO())

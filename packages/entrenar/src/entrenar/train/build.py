@@ -7,8 +7,10 @@ How the config's sections map onto the building blocks:
   ``model.dtype``. The tokenizer is the folder's (`aprender.text.Tokenizer.from_dir`).
 - ``lora`` (LoRA): adapters are built with the model through `entrenar.lora.lora_linear_factory`;
   only they train. ``lora`` + ``quantize`` (QLoRA, https://arxiv.org/abs/2305.14314): the dense model
-  is loaded, every linear layer but the LM head is replaced by a frozen `NF4Linear`/`Int8Linear`, then
-  `entrenar.lora.apply_lora` adds the adapters. No ``lora``: every parameter trains.
+  is loaded, every linear layer but the LM head is replaced by a frozen `NF4Linear`/`Int8Linear`, the
+  dense tensors left are copied out of the checkpoint's memory map (`release_checkpoint_pages`, so the
+  pages of the replaced weights leave RAM), then `entrenar.lora.apply_lora` adds the adapters. No
+  ``lora``: every parameter trains.
 - Precision: trainable parameters are kept in float32 (the optimizer's master copy); frozen ones stay
   in ``model.dtype``; with a 16-bit ``model.dtype`` the forward pass runs under that autocast
   (`entrenar.autograd.PrecisionPolicy`).
@@ -67,6 +69,7 @@ __all__ = [
     "plan_steps",
     "quantize_frozen_linears",
     "read_model_config",
+    "release_checkpoint_pages",
     "resolve_model_dir",
     "seed_everything",
     "select_device",
@@ -193,6 +196,28 @@ def quantize_frozen_linears(model: nn.Module, section: QuantizeSection) -> list[
     return paths
 
 
+def release_checkpoint_pages(model: nn.Module) -> None:
+    """Give every CPU parameter and buffer its own memory, so the checkpoint file's memory map can go.
+
+    On the CPU the loader's tensors are views of the safetensors file's memory map, which stays mapped (its
+    pages read so far resident, and counted in the process RSS) while any tensor from it lives. After
+    `quantize_frozen_linears` the dense linear weights are gone, but the embedding and the norms would keep
+    the map, and with it every page quantization read, alive: copying those few tensors frees about the
+    dense linear weights' size (~400 MiB for SmolLM2-135M in float32).
+
+    Args:
+        model: The model, changed in place (parameters keep their identity).
+    """
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.device.type == "cpu":
+                param.data = param.data.clone()
+        for module in model.modules():
+            for name, buffer in module._buffers.items():
+                if buffer is not None and buffer.device.type == "cpu":
+                    module._buffers[name] = buffer.clone()
+
+
 ModelLoader = Callable[[LinearFactory | None], CausalLM]
 """Builds the base model with a linear factory (None: plain ``nn.Linear``): from a checkpoint, or on ``meta``."""
 
@@ -227,6 +252,7 @@ def assemble_model(cfg: TrainConfig, load: ModelLoader) -> CausalLM:
     else:
         model = load(None)
         quantize_frozen_linears(model, cfg.quantize)
+        release_checkpoint_pages(model)
         adapted = apply_lora(model, lora)
     if LM_HEAD in adapted:
         raise LoraError(

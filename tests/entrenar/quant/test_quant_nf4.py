@@ -346,3 +346,18 @@ def test_cuda_matches_cpu() -> None:
     assert torch.equal(dq_gpu.codes.cpu(), dq_cpu.codes)
     rebuilt = dequantize_nf4(gpu.packed, double_dequantize(*dq_gpu), weight.shape)
     torch.testing.assert_close(rebuilt.cpu(), dequantize_nf4(cpu.packed, double_dequantize(*dq_cpu), weight.shape))
+
+
+@pytest.mark.parametrize(("shape", "seed"), [((96, 192), 0), ((7, 50), 1), ((1536, 576), 2)])
+def test_codes_and_absmax_equal_bitsandbytes_quantize_4bit(shape: tuple[int, int], seed: int) -> None:
+    # The oracle: bitsandbytes' own NF4 quantizer (CPU backend), blocks of 64, on the same weights.
+    functional = pytest.importorskip("bitsandbytes.functional")
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.02
+    packed, state = functional.quantize_4bit(weight, blocksize=NF4_BLOCK_SIZE, quant_type="nf4")
+    ours = quantize_nf4(weight)
+    # bitsandbytes stores ceil(numel / 2) bytes; ours fills the last block with code 7 (0.0) pairs.
+    assert torch.equal(ours.packed[: packed.numel()], packed.view(-1))
+    assert bool((ours.packed[packed.numel() :] == 0x77).all()) and NF4_CODE[7] == 0.0
+    assert torch.equal(ours.absmax, state.absmax)
+    expected = functional.dequantize_4bit(packed, state)
+    assert torch.equal(dequantize_nf4(ours.packed, ours.absmax, weight.shape), expected)

@@ -199,21 +199,31 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed_steps(step: Callable[[], tuple[int, int]], *, warmup: int, steps: int) -> dict[str, float]:
+def timed_steps(
+    step: Callable[[], tuple[int, int]], losses: list[float], *, warmup: int, steps: int, setup_rss: float
+) -> Measurement:
     """Run `warmup` untimed then `steps` timed calls of `step` (which returns its tokens and slots).
 
+    Args:
+        step: One optimizer step; appends its loss to `losses`.
+        losses: The steps' losses, filled by `step` (the first is the untrained model's).
+        warmup: Untimed steps first.
+        steps: Timed steps.
+        setup_rss: Peak RSS before the first step (MiB).
+
     Returns:
-        ``tokens``, ``slots``, ``wall``, ``cpu`` of the timed calls.
+        The `Measurement` of the timed calls.
     """
     for _ in range(warmup):
         step()
-    totals = {"tokens": 0.0, "slots": 0.0}
+    tokens = slots = 0
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
-        tokens, slots = step()
-        totals["tokens"] += tokens
-        totals["slots"] += slots
-    return {**totals, "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+        step_tokens, step_slots = step()
+        tokens += step_tokens
+        slots += step_slots
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return Measurement(steps, tokens, slots, wall, cpu, losses[0], setup_rss, peak_rss_mib())
 
 
 def measure_ours(cfg: TrainConfig, *, warmup: int, steps: int | None) -> Measurement:
@@ -234,17 +244,7 @@ def measure_ours(cfg: TrainConfig, *, warmup: int, steps: int | None) -> Measure
         losses.append(trainer.train_step())
         return trainer.state.input_tokens - before, rows * loader.dataset.seq_len
 
-    totals = timed_steps(step, warmup=warmup, steps=count)
-    return Measurement(
-        count,
-        int(totals["tokens"]),
-        int(totals["slots"]),
-        totals["wall"],
-        totals["cpu"],
-        losses[0],
-        setup_rss,
-        peak_rss_mib(),
-    )
+    return timed_steps(step, losses, warmup=warmup, steps=count, setup_rss=setup_rss)
 
 
 def reference_model(model_dir: Path, method: str) -> torch.nn.Module:
@@ -317,17 +317,7 @@ def measure_reference(cfg: TrainConfig, *, warmup: int, steps: int | None) -> Me
         losses.append(float(out.loss.detach()))
         return int(batch["attention_mask"].sum()), batch["input_ids"].numel()
 
-    totals = timed_steps(step, warmup=warmup, steps=count)
-    return Measurement(
-        count,
-        int(totals["tokens"]),
-        int(totals["slots"]),
-        totals["wall"],
-        totals["cpu"],
-        losses[0],
-        setup_rss,
-        peak_rss_mib(),
-    )
+    return timed_steps(step, losses, warmup=warmup, steps=count, setup_rss=setup_rss)
 
 
 # ------------------------------------------------------------------------------------------ orchestration

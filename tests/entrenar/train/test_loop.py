@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import threading
+import time
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,14 @@ class _SendSignal(Callback):
     def on_step_end(self, trainer: Trainer) -> None:
         if trainer.state.step == self.at:
             for _ in range(self.times):
+                handler = signal.getsignal(self.signum)
                 os.kill(os.getpid(), self.signum)
+                # Signals do not queue: wait until Python ran the handler (the trainer's restores the previous
+                # one) before the next, or two quick kills can reach Python as one.
+                deadline = time.monotonic() + 10
+                while signal.getsignal(self.signum) is handler:
+                    assert time.monotonic() < deadline, "the signal handler never ran"
+                    time.sleep(0.001)
 
     def on_interrupt(self, trainer: Trainer) -> None:
         self.interrupted = True

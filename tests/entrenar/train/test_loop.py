@@ -99,9 +99,16 @@ def test_a_signal_saves_a_checkpoint_and_raises(config: Path, signum: int) -> No
 
 
 def test_a_second_sigint_interrupts_at_once(config: Path) -> None:
-    trainer = _trainer(config, callbacks=[_SendSignal(1, signal.SIGINT, times=2)])
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    # Python installs its KeyboardInterrupt handler only when SIGINT was not ignored at start-up (it is in a
+    # background job of a non-interactive shell), so the test sets the handler a terminal user has.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        trainer = _trainer(config, callbacks=[_SendSignal(1, signal.SIGINT, times=2)])
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert latest_checkpoint(config.parent / "out" / "checkpoints") is None
 
 

@@ -34,6 +34,15 @@ def test_help_describes_the_tool() -> None:
     assert "Fine-tune a model on your data" in out.stdout
 
 
+def test_importing_the_cli_does_not_load_torch() -> None:
+    # `entrenar --help` (and every command's options) must not wait on torch's ~1.5 s import: the heavy
+    # modules load inside the commands that need them.
+    probe = "import sys, entrenar.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert _run("publish", "--help").returncode == 0
+
+
 def test_unknown_command_is_a_usage_error_with_exit_2() -> None:
     out = _run("no-such-command")
     assert out.returncode == 2

@@ -7,12 +7,15 @@ only where it came from.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from aprender.hub import describe_token_source
-from entrenar.hub import FORMATS, GGUF_TYPES, PublishResult, publish
+from entrenar.config.schema import GGUF_TYPES, PUBLISH_FORMATS
+
+if TYPE_CHECKING:
+    from entrenar.hub import PublishResult
 
 __all__ = ["publish_command", "push_command"]
 
@@ -47,7 +50,7 @@ def _options(function: click.decorators.FC) -> click.decorators.FC:
         click.option(
             "--format",
             "fmt",
-            type=click.Choice(FORMATS),
+            type=click.Choice(PUBLISH_FORMATS),
             default="safetensors",
             show_default=True,
             help="safetensors (Hugging Face layout) or gguf (one file for llama.cpp).",
@@ -79,6 +82,8 @@ def _run(
     Adapters are merged into their base model by default (QLoRA: into the 16/32-bit base, never in 4
     bits). The token comes from HF_TOKEN, HUGGING_FACE_HUB_TOKEN or `hf auth login`.
     """
+    from entrenar.hub import publish  # torch and the exporters load only when a command runs
+
     click.echo(f"Hub token: {describe_token_source()}{' (not used by a dry run)' if dry_run else ''}", err=True)
     result = publish(
         model_dir,

@@ -37,6 +37,7 @@ from aprender.atomic import atomic_write_json
 from aprender.errors import HubOfflineError
 from aprender.format.gguf_export import export_gguf
 from aprender.hub import download
+from entrenar.config.schema import GGUF_TYPES, PUBLISH_FORMATS
 from entrenar.errors import PublishError
 from entrenar.hub.card import Layout
 from entrenar.hub.detect import ModelFolder
@@ -46,8 +47,7 @@ from entrenar.models.loading import looks_like_repo_id
 
 __all__ = ["FORMATS", "GGUF_TYPES", "TOKENIZER_FILES", "ExportedModel", "export_model", "resolve_base_model"]
 
-FORMATS = ("safetensors", "gguf")
-GGUF_TYPES = ("f16", "q8_0", "q4_0")
+FORMATS = PUBLISH_FORMATS
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",

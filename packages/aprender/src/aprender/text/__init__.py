@@ -16,9 +16,10 @@ from aprender.text.chat import (
     encode_chat,
     render_with_assistant_spans,
 )
-from aprender.text.tokenizer import Encoding, Tokenizer
+from aprender.text.tokenizer import TOKENIZER_FILE_PATTERNS, Encoding, Tokenizer
 
 __all__ = [
+    "TOKENIZER_FILE_PATTERNS",
     "ChatEncoding",
     "Encoding",
     "RenderedChat",

@@ -52,6 +52,15 @@ from aprender.text._hf_files import (
     settings_to_kwargs,
 )
 
+TOKENIZER_FILE_PATTERNS = (
+    TOKENIZER_FILE,
+    CONFIG_FILE,
+    SPECIAL_TOKENS_MAP_FILE,
+    CHAT_TEMPLATE_FILE,
+    f"{CHAT_TEMPLATE_DIR}/*.jinja",
+)
+"""Every file `Tokenizer.from_dir` reads, as Hub download patterns (small text files, never weights)."""
+
 # transformers' `clean_up_tokenization`: undo the spaces a WordPiece decoder puts before punctuation.
 _CLEAN_UP: tuple[tuple[str, str], ...] = (
     (" .", "."),

@@ -20,18 +20,6 @@ __all__ = ["DTYPE_CHOICES", "generate_command"]
 
 # `entrenar.models.config.DTYPE_NAMES` plus "auto"; spelled out so `entrenar --help` does not import torch.
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-# What a generation run needs from a Hub repo: config, weights and the tokenizer files `Tokenizer.from_dir` reads.
-_HUB_PATTERNS = [
-    "config.json",
-    "generation_config.json",
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "additional_chat_templates/*.jinja",
-]
 
 
 @click.command("generate")
@@ -122,8 +110,9 @@ def _check_flags(
 
 def _model_folder(model_ref: str) -> Path:
     """The local folder of `model_ref`, downloading a Hub repo id (config, weights, tokenizer) first."""
+    from aprender.text import TOKENIZER_FILE_PATTERNS
     from entrenar.errors import GenerationError
-    from entrenar.models import looks_like_repo_id
+    from entrenar.models import MODEL_FILE_PATTERNS, looks_like_repo_id
 
     path = Path(model_ref)
     if path.exists():
@@ -134,7 +123,7 @@ def _model_folder(model_ref: str) -> Path:
         raise GenerationError(f"--model {model_ref}: no such folder, and not a Hub repo id like 'namespace/name'")
     from aprender.hub import download
 
-    return Path(download(model_ref, allow_patterns=_HUB_PATTERNS))
+    return Path(download(model_ref, allow_patterns=[*MODEL_FILE_PATTERNS, *TOKENIZER_FILE_PATTERNS]))
 
 
 def _prompt_ids(tokenizer: Tokenizer, prompt: str, chat: bool, system: str | None, folder: Path) -> list[int]:

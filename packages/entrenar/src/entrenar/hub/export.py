@@ -41,25 +41,13 @@ from entrenar.config.schema import GGUF_TYPES, PUBLISH_FORMATS
 from entrenar.errors import PublishError
 from entrenar.hub.card import Layout
 from entrenar.hub.detect import ModelFolder
-from entrenar.lora.merge import merge_adapter_into_checkpoint
+from entrenar.lora.merge import COPIED_FILES, TOKENIZER_FILES, merge_adapter_into_checkpoint
 from entrenar.lora.peft_io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from entrenar.models.loading import looks_like_repo_id
 
 __all__ = ["FORMATS", "GGUF_TYPES", "TOKENIZER_FILES", "ExportedModel", "export_model", "resolve_base_model"]
 
 FORMATS = PUBLISH_FORMATS
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-_MODEL_FILES = ("config.json", "generation_config.json")
 _INDEX_NAME = "model.safetensors.index.json"
 # What merging needs from a Hub base model (README.md: the license for the card).
 _BASE_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", _INDEX_NAME, "README.md"]
@@ -216,7 +204,7 @@ def _write_model(
 ) -> Path | None:
     """Write the Hugging Face layout into `out`; return the base folder (merged into, or found locally)."""
     if model.kind == "full":
-        for name in [*_weight_files(model.path), *_MODEL_FILES, *TOKENIZER_FILES]:
+        for name in [*_weight_files(model.path), *COPIED_FILES]:
             if (model.path / name).is_file():
                 shutil.copyfile(model.path / name, out / name)
         return _local_base(model, base_model)

@@ -11,7 +11,7 @@ rank and alpha by model size), `propose` (token lengths and ``seq_len``), `plan`
 checked before writing), `template` (the commented YAML).
 """
 
-from entrenar.init.inspect import TOKENIZER_PATTERNS, BaseModel, count_parameters, inspect_base, load_base_tokenizer
+from entrenar.init.inspect import BaseModel, count_parameters, inspect_base, load_base_tokenizer
 from entrenar.init.plan import FULL_FINETUNE_LR, METHODS, InitPlan, build_plan, config_path_value
 from entrenar.init.propose import (
     SEQ_LEN_MULTIPLE,
@@ -35,7 +35,6 @@ __all__ = [
     "RANK_BY_SIZE",
     "SEQ_LEN_MULTIPLE",
     "SEQ_LEN_PERCENTILE",
-    "TOKENIZER_PATTERNS",
     "BaseModel",
     "DataSummary",
     "InitPlan",

@@ -3,7 +3,7 @@
 A base is a local folder or a Hub repo id, decided as `entrenar.config.load_config` decides
 ``model.path``: an existing path is local; otherwise a ``namespace/name`` string that follows the
 Hub's naming rules and does not end in a model-file extension is a repo id. For a repo id only
-``config.json`` (`aprender.hub.fetch_config`) and the tokenizer files (`TOKENIZER_PATTERNS`, through
+``config.json`` (`aprender.hub.fetch_config`) and the tokenizer files (`aprender.text.TOKENIZER_FILE_PATTERNS`, through
 `aprender.hub.download`) are fetched, into the standard HF cache, so ``HF_HUB_OFFLINE=1`` reads them
 from the cache and no weight file is ever downloaded.
 
@@ -31,21 +31,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aprender.errors import InvalidRepoIdError, TokenizerError
-from aprender.text import Tokenizer
+from aprender.text import TOKENIZER_FILE_PATTERNS, Tokenizer
 from entrenar.config._sections import MODEL_FILE_SUFFIXES  # the rule load_config applies to model.path
 from entrenar.errors import InitError, ModelConfigError
 from entrenar.models.config import ModelConfig
 
-__all__ = ["TOKENIZER_PATTERNS", "BaseModel", "count_parameters", "inspect_base", "load_base_tokenizer"]
+__all__ = ["BaseModel", "count_parameters", "inspect_base", "load_base_tokenizer"]
 
-# The tokenizer files `aprender.text.Tokenizer.from_dir` reads; all small text files, never weights.
-TOKENIZER_PATTERNS = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "additional_chat_templates/*.jinja",
-]
 Source = Literal["local", "hub"]
 
 
@@ -159,7 +151,7 @@ def inspect_base(base: str) -> BaseModel:
 
 
 def load_base_tokenizer(base: BaseModel) -> Tokenizer:
-    """Load the base model's tokenizer (for a repo id, download only the files in `TOKENIZER_PATTERNS`).
+    """Load the base model's tokenizer (for a repo id, download only the files in `TOKENIZER_FILE_PATTERNS`).
 
     Args:
         base: from `inspect_base`.
@@ -176,7 +168,7 @@ def load_base_tokenizer(base: BaseModel) -> Tokenizer:
     else:
         from aprender.hub import download
 
-        folder = Path(download(base.reference, allow_patterns=TOKENIZER_PATTERNS))
+        folder = Path(download(base.reference, allow_patterns=list(TOKENIZER_FILE_PATTERNS)))
     try:
         return Tokenizer.from_dir(folder)
     except TokenizerError as exc:

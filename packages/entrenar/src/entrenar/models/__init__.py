@@ -10,10 +10,19 @@ Example:
 from entrenar.models.cache import KVCache
 from entrenar.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from entrenar.models.linear import LinearFactory, make_linear
-from entrenar.models.loading import from_pretrained, looks_like_repo_id, read_config, save_pretrained
+from entrenar.models.loading import (
+    CONFIG_FILES,
+    MODEL_FILE_PATTERNS,
+    from_pretrained,
+    looks_like_repo_id,
+    read_config,
+    save_pretrained,
+)
 from entrenar.models.model import CausalLM
 
 __all__ = [
+    "CONFIG_FILES",
+    "MODEL_FILE_PATTERNS",
     "SUPPORTED_MODEL_TYPES",
     "CausalLM",
     "KVCache",

@@ -30,12 +30,21 @@ from entrenar.models.config import DTYPE_NAMES, ModelConfig
 from entrenar.models.linear import LinearFactory
 from entrenar.models.model import CausalLM
 
-__all__ = ["from_pretrained", "looks_like_repo_id", "read_config", "save_pretrained"]
+__all__ = [
+    "CONFIG_FILES",
+    "MODEL_FILE_PATTERNS",
+    "from_pretrained",
+    "looks_like_repo_id",
+    "read_config",
+    "save_pretrained",
+]
 
 _DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 # Data read through one open checkpoint before it is closed and reopened (see `_materialise`).
 _REOPEN_BYTES = 64 * 2**20
-_DOWNLOAD_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json"]
+CONFIG_FILES = ("config.json", "generation_config.json")
+MODEL_FILE_PATTERNS = (*CONFIG_FILES, "*.safetensors", "*.safetensors.index.json")
+"""What loading a model needs from a Hub repo, as download patterns (the tokenizer files are apart)."""
 # Suffixes that make a string a file name rather than a Hub repo id ("Qwen/Qwen2.5-0.5B" has suffix ".5B").
 _FILE_SUFFIXES = {
     ".safetensors",
@@ -175,7 +184,7 @@ def _resolve_folder(path_or_repo_id: str | os.PathLike[str], revision: str | Non
         raise CheckpointError(f"{path}: no such folder, and not a Hub repo id like 'namespace/name'; check the path")
     from aprender.hub import download  # the Hub client is only needed for repo ids
 
-    return Path(download(path_or_repo_id, revision=revision, allow_patterns=_DOWNLOAD_PATTERNS))
+    return Path(download(path_or_repo_id, revision=revision, allow_patterns=list(MODEL_FILE_PATTERNS)))
 
 
 def _device(device: str | torch.device) -> torch.device:

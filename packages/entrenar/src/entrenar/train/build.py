@@ -39,21 +39,26 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from aprender.text import Tokenizer
+from aprender.text import TOKENIZER_FILE_PATTERNS, Tokenizer
 from entrenar.autograd import GradientEngine, PrecisionPolicy
 from entrenar.config import LoraSection, ModelSection, QuantizeSection, TrainConfig, TrainingSection
 from entrenar.data import DataLoader, Dataset, build_datasets
 from entrenar.errors import ConfigError, LoraError, ModelConfigError
 from entrenar.lora import LoraConfig, apply_lora, linear_modules, lora_linear_factory, mark_only_lora_trainable
-from entrenar.models import CausalLM, LinearFactory, ModelConfig, from_pretrained, read_config
+from entrenar.models import (
+    CONFIG_FILES,
+    MODEL_FILE_PATTERNS,
+    CausalLM,
+    LinearFactory,
+    ModelConfig,
+    from_pretrained,
+    read_config,
+)
 from entrenar.optim import build_optimizer, build_param_groups, build_scheduler
 from entrenar.quant import Int8Linear, NF4Linear
 from entrenar.train.loss import CausalLMLoss
 
 __all__ = [
-    "CONFIG_FILES",
-    "MODEL_FILE_PATTERNS",
-    "TOKENIZER_FILE_PATTERNS",
     "ModelLoader",
     "StepPlan",
     "TrainingRun",
@@ -75,15 +80,6 @@ __all__ = [
     "select_device",
 ]
 
-CONFIG_FILES = ["config.json", "generation_config.json"]
-MODEL_FILE_PATTERNS = [*CONFIG_FILES, "*.safetensors", "*.safetensors.index.json"]
-TOKENIZER_FILE_PATTERNS = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "additional_chat_templates/*.jinja",
-]
 LM_HEAD = "lm_head"
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "Checkpoint",
     "capture_rng_state",
     "checkpoint_steps",
+    "file_sha256",
     "latest_checkpoint",
     "load_checkpoint",
     "remove_checkpoints",
@@ -132,7 +133,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- save
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         while chunk := stream.read(_HASH_CHUNK):
@@ -164,7 +166,7 @@ def _write_files(folder: Path, checkpoint: Checkpoint) -> None:
         {"scheduler": checkpoint.scheduler, "scaler": checkpoint.scaler, "rng": checkpoint.rng},
         folder / STATE_FILENAME,
     )
-    hashes = {name: _sha256(folder / name) for name in (WEIGHTS_FILENAME, OPTIMIZER_FILENAME, STATE_FILENAME)}
+    hashes = {name: file_sha256(folder / name) for name in (WEIGHTS_FILENAME, OPTIMIZER_FILENAME, STATE_FILENAME)}
     content = {"step": checkpoint.step, "data": checkpoint.data, "trainer": checkpoint.trainer, "files": hashes}
     atomic_write_text(folder / TRAINER_STATE_FILENAME, json.dumps(content, indent=2, ensure_ascii=False) + "\n")
     _fsync_dir(folder)
@@ -279,7 +281,7 @@ def _verify(folder: Path, hashes: dict[str, str]) -> None:
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{path}: missing; the checkpoint is incomplete")
-        if _sha256(path) != hashes.get(name):
+        if file_sha256(path) != hashes.get(name):
             raise CheckpointError(f"{path}: contents do not match the hash in {TRAINER_STATE_FILENAME}; it is damaged")
 
 

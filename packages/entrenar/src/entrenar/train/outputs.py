@@ -21,7 +21,6 @@ Files written by `write_outputs` (each atomically):
 
 from __future__ import annotations
 
-import hashlib
 import platform
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -36,6 +35,7 @@ from entrenar.data import resolve_data_files
 from entrenar.lora import save_adapter
 from entrenar.models import CausalLM, save_pretrained
 from entrenar.train.build import TrainingRun, compute_dtype, lora_config_of
+from entrenar.train.checkpoint import file_sha256
 from entrenar.train.estimate import count_parameters
 from entrenar.train.state import TrainState
 
@@ -52,22 +52,13 @@ __all__ = [
 FINAL_MODEL_FILENAME = "final_model.json"
 GENERATION_CONFIG_FILENAME = "generation_config.json"
 PACKAGES = ("entrenar", "aprender-core", "torch", "numpy", "safetensors", "tokenizers", "pyarrow")
-_HASH_CHUNK = 1 << 20
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def data_file_hashes(run: TrainingRun) -> dict[str, str]:
     """sha256 of every training and validation data file, by absolute path."""
     data = run.config.data
     paths = [data.train_path] + ([data.val_path] if data.val_path is not None else [])
-    return {str(file): _sha256(Path(file)) for path in paths for file in resolve_data_files(path)}
+    return {str(file): file_sha256(Path(file)) for path in paths for file in resolve_data_files(path)}
 
 
 def package_versions() -> dict[str, str]:

@@ -16,7 +16,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
+
+from fixtures.threads import torch_threads
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
 
@@ -35,10 +36,8 @@ def bench() -> ModuleType:
 def _fast_cpu() -> Iterator[None]:
     # One thread, as the workers here run: tiny matmuls gain nothing from two, and on a busy machine two
     # threads wait on each other (steps 30x slower were seen).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

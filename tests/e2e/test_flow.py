@@ -17,23 +17,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from aprender.hub import upload_folder
-from entrenar.cli import main
 from entrenar.lora import load_adapter, merge_and_unload
 from entrenar.models import from_pretrained
+from fixtures.cli import run_cli
 from fixtures.hub import LocalHub
 
 BASE = "alice/tiny-llama"
 IDS = torch.tensor([[5, 17, 42, 99, 7, 300, 12, 64]])
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _download(hub: LocalHub, repo: str, cache: Path) -> Path:
@@ -68,14 +58,14 @@ def test_init_train_publish_then_transformers_and_peft_load_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = project / "config.yaml"
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys, "init", "--base", BASE, "--method", "lora", "--data", str(project / "data"), "-o", str(config)
     )
     assert code == 0, err
     assert "Next:" in out and config.is_file()
 
     monkeypatch.setenv("HF_TOKEN", local_hub.tokens["alice"])
-    code, out, err = _run(
+    code, out, err = run_cli(
         capsys, "train", str(config), "training.max_steps=3", "optimizer.lr=0.01", "publish.repo=alice/tiny-ft"
     )
     assert code == 0, err
@@ -99,7 +89,7 @@ def test_init_train_publish_then_transformers_and_peft_load_it(
     # The adapter alone, published with `entrenar publish --no-merge-adapters`, loads in PEFT.
     from peft import PeftModel
 
-    code, out, err = _run(capsys, "publish", str(output), "--repo", "alice/tiny-adapter", "--no-merge-adapters")
+    code, out, err = run_cli(capsys, "publish", str(output), "--repo", "alice/tiny-adapter", "--no-merge-adapters")
     assert code == 0, err
     adapter = _download(local_hub, "alice/tiny-adapter", tmp_path / "fresh-2")
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
@@ -115,12 +105,14 @@ def test_train_with_publish_fails_before_training_without_write_access(
 ) -> None:
     config = project / "config.yaml"
     assert (
-        _run(capsys, "init", "--base", BASE, "--method", "lora", "--data", str(project / "data"), "-o", str(config))[0]
+        run_cli(capsys, "init", "--base", BASE, "--method", "lora", "--data", str(project / "data"), "-o", str(config))[
+            0
+        ]
         == 0
     )
     if who == "bob":
         monkeypatch.setenv("HF_TOKEN", local_hub.tokens["bob"])  # a valid token, but alice's namespace
-    code, out, err = _run(capsys, "train", str(config), "training.max_steps=2", "publish.repo=alice/tiny-ft")
+    code, out, err = run_cli(capsys, "train", str(config), "training.max_steps=2", "publish.repo=alice/tiny-ft")
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert ("HF_TOKEN" in err) if who == "nobody" else ("alice" in err)

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
+
+from fixtures.threads import torch_threads
 
 _RUNS = "entrenar_train_test_runs"
 if _RUNS not in sys.modules:  # the training tests' conftest may have loaded it already
@@ -21,7 +22,5 @@ if _RUNS not in sys.modules:  # the training tests' conftest may have loaded it 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """One intra-op thread: reproducible sums and no spinning threads on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield

@@ -19,30 +19,23 @@ import torch
 
 from aprender.hub import upload_folder
 from aprender.text import Tokenizer
-from entrenar import cli as cli_module
 from entrenar.generation import default_eos_token_ids, generate
 from entrenar.models import from_pretrained
+from fixtures.cli import run_cli
+from fixtures.threads import torch_threads
 
 PROMPT = "The quick brown fox"
 
 
 @pytest.fixture(autouse=True)
 def _two_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(2):
+        yield
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run ``entrenar generate ARGS`` in-process: (exit code, stdout, stderr)."""
-    try:
-        cli_module.main(["generate", *args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(capsys, "generate", *args)
 
 
 def _expected(folder: Path, ids: list[int], dtype: str = "float32", **options: Any) -> str:

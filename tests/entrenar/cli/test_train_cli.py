@@ -12,21 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from entrenar.cli import main
 from entrenar.errors import TrainingInterrupted
 from entrenar.train import latest_checkpoint
+from fixtures.cli import run_cli
 
 runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
-
-
-def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_train_resume_and_start_over(
@@ -34,7 +24,7 @@ def test_train_resume_and_start_over(
 ) -> None:
     config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"], training={"save_every": 4, "max_steps": 6})
     out = tmp_path / "out"
-    code, stdout, _ = _main(capsys, "train", str(config), "training.log_every=2")
+    code, stdout, _ = run_cli(capsys, "train", str(config), "training.log_every=2")
     assert code == 0
     assert re.search(r"^step 2/6 \| loss \d+\.\d{4} \| lr 1\.000e-02 \| \d+ tok/s \| ETA ", stdout, re.M)
     assert "trained 6 steps in" in stdout and str(out) in stdout
@@ -47,18 +37,18 @@ def test_train_resume_and_start_over(
     assert [r["step"] for r in runs.read_metrics(out)] == [2, 4, 6]
 
     # Again with a longer run: resumes from the step-4 checkpoint (the newest; step 6 was not a multiple of 4).
-    code, stdout, _ = _main(capsys, "train", str(config), "training.log_every=2", "training.max_steps=8")
+    code, stdout, _ = run_cli(capsys, "train", str(config), "training.log_every=2", "training.max_steps=8")
     assert code == 0
     assert f"resuming from {out / 'checkpoints' / 'step-4'} (step 4); pass --no-resume to start over" in stdout
     assert [r["step"] for r in runs.read_metrics(out)] == [2, 4, 6, 8]  # step 6 logged once
     assert json.loads((out / "final_model.json").read_text())["steps"] == 8
 
-    code, stdout, _ = _main(capsys, "train", str(config), "--no-resume", "training.max_steps=2")
+    code, stdout, _ = run_cli(capsys, "train", str(config), "--no-resume", "training.max_steps=2")
     assert code == 0 and "resuming" not in stdout
     assert [r["step"] for r in runs.read_metrics(out)] == [1, 2]
     assert latest_checkpoint(out / "checkpoints") is None  # old checkpoints deleted, none due in 2 steps
 
-    code, _, err = _main(capsys, "train", str(config), "--resume")
+    code, _, err = run_cli(capsys, "train", str(config), "--resume")
     assert code == 2 and err.startswith("error: --resume: no checkpoint in ")
 
 
@@ -66,7 +56,7 @@ def test_dry_run_writes_nothing(
     tiny_checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"])
-    code, stdout, _ = _main(capsys, "train", str(config), "--dry-run")
+    code, stdout, _ = run_cli(capsys, "train", str(config), "--dry-run")
     assert code == 0
     assert re.search(r"dry run: one step took loss \d+\.\d{4}; nothing was written", stdout)
     assert not (tmp_path / "out").exists()
@@ -134,7 +124,7 @@ def test_the_interrupt_message_quotes_the_command_to_resume(
 
     monkeypatch.setattr(entrenar.train, "run_training", interrupted)
     config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"])
-    code, _, err = _main(capsys, "train", str(config), "lora.target_modules=[q_proj, v_proj]")
+    code, _, err = run_cli(capsys, "train", str(config), "lora.target_modules=[q_proj, v_proj]")
     assert code == 130
     assert err == (
         "stopped by SIGINT after step 3; checkpoint saved to ck; "

@@ -12,15 +12,14 @@ import pytest
 import torch
 
 from entrenar.models import CausalLM, from_pretrained
+from fixtures.threads import torch_threads
 
 
 @pytest.fixture(autouse=True)
 def _two_threads() -> Iterator[None]:
     """The machine is shared: keep torch to two threads in these tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(2):
+        yield
 
 
 @cache

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import torch
 
+from fixtures.threads import torch_threads
+
 
 @pytest.fixture(autouse=True)
 def _two_threads() -> Iterator[None]:
     """The machine is shared: keep torch to two threads in these tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(2):
+        yield
 
 
 def load_reference(folder: Path, dtype: torch.dtype = torch.float32, attn: str = "sdpa") -> Any:

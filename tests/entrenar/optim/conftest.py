@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from entrenar.optim import clip_grad_norm
+from fixtures.threads import torch_threads
 
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 
@@ -86,10 +87,8 @@ def train_steps(model: nn.Module, opt: torch.optim.Optimizer, first: int, last: 
 def _one_thread() -> Iterator[None]:
     """Run single-threaded: these tensors are tiny, and on a busy shared CPU torch's thread pool
     makes them 10-40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 # Session-scoped fixtures handing out the helpers (stateless functions, so hypothesis may reuse them).

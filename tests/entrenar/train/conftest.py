@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import torch
 
+from fixtures.threads import torch_threads
+
 
 def _load_runs():  # type: ignore[no-untyped-def]
     name = "entrenar_train_test_runs"
@@ -31,10 +33,8 @@ runs = _load_runs()
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
     """One intra-op thread: reproducible sums and no spinning threads on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 HEAD_SCALE = 4.0
@@ -90,13 +90,9 @@ def trained(memorizable_checkpoints: dict[str, Path], tmp_path_factory: pytest.T
             family, sections = METHOD_RUNS[method]
             folder = tmp_path_factory.mktemp(method)
             config = runs.write_config(folder, memorizable_checkpoints[family], **sections)
-            before = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
+            with torch_threads(1):
                 cfg = load_config(config, ["training.max_steps=30"])
                 cache[method] = run_training(cfg, console=Console(file=io.StringIO()))
-            finally:
-                torch.set_num_threads(before)
         return cache[method]
 
     return get

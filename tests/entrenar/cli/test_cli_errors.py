@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from aprender.format.safetensors import load_file, save_file
 from entrenar.cli import main
+from fixtures.cli import run_cli
 from fixtures.hub import LocalHub
 
 runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
@@ -112,6 +114,40 @@ def test_a_repo_the_hub_does_not_have(
         main([command, str(config)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and "alice/missing" in err, err
+
+
+MISSING = "model.layers.1.self_attn.q_proj.weight"
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "train"])
+@pytest.mark.parametrize(
+    "sections",
+    [
+        pytest.param({}, id="lora"),
+        pytest.param({"quantize": {"bits": 4}}, id="qlora"),
+        pytest.param({"lora": None}, id="full"),
+    ],
+)
+def test_a_weight_missing_from_the_checkpoint_is_named(
+    sections: dict[str, object],
+    dry_run: bool,
+    tiny_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoints["qwen2"], model)
+    tensors = load_file(model / "model.safetensors")
+    del tensors[MISSING]  # a layer LoRA targets: its adapter must not stand in for the base weight
+    save_file(tensors, model / "model.safetensors")
+    config = runs.write_config(tmp_path, model, training={"max_steps": 1}, **sections)
+    code, out, err = run_cli(capsys, "train", str(config), *(["--dry-run"] if dry_run else []))
+    assert (code, out) == (2, ""), out
+    assert err == (
+        f"error: {model}: the checkpoint lacks tensor '{MISSING}' (1 missing in all); "
+        "it is incomplete or for another architecture\n"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_dry_run_does_not_resume(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from torch import nn
 from aprender.errors import InvalidArgumentError
 from aprender.format.safetensors import load, save
 from entrenar.errors import CheckpointError
+from entrenar.lora import LoraConfig, LoRALinear, lora_linear_factory
 from entrenar.models import CausalLM, ModelConfig, from_pretrained, looks_like_repo_id, save_pretrained
 from entrenar.models import loading as loading_module
 
@@ -132,6 +134,9 @@ class LoraLike(nn.Module):
         self.lora_b = nn.Parameter(torch.empty(out_features, 2))
         self.register_buffer("scaling", torch.empty(()))
 
+    def initialized_tensor_names(self) -> tuple[str, ...]:
+        return ("lora_a", "lora_b", "scaling")
+
     def initialize_parameters(self) -> None:
         LoraLike.initialised += 1
         nn.init.normal_(self.lora_a)
@@ -162,6 +167,34 @@ def test_factory_parameters_missing_from_the_checkpoint_are_initialised(
     torch.testing.assert_close(_logits(model, ids), _logits(from_pretrained(tiny_checkpoints["qwen2"]), ids))
     with pytest.raises(CheckpointError, match=r"tensor 'model\.layers\.0\.self_attn\.q_proj\.lora_a' \(6 in all\)"):
         save_pretrained(model, tmp_path)
+
+
+def _without(folder: Path, tmp_path: Path, name: str) -> Path:
+    """A copy of the checkpoint `folder` whose ``model.safetensors`` lacks tensor `name`."""
+    target = _copy(folder, tmp_path)
+    tensors = load(target)
+    del tensors[name]
+    save(tensors, target)
+    return target
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+@pytest.mark.parametrize("name", ["model.layers.1.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.bias"])
+def test_a_lora_layer_creates_only_its_adapter_tensors(
+    name: str, use_dora: bool, tiny_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    factory = lora_linear_factory(LoraConfig(rank=4, target_modules="all-linear", use_dora=use_dora))
+    model = from_pretrained(tiny_checkpoints["qwen2"], linear_factory=factory)
+    q_proj = model.get_submodule("model.layers.0.self_attn.q_proj")
+    assert isinstance(q_proj, LoRALinear) and q_proj.weight is not None
+    assert torch.equal(q_proj.lora_B, torch.zeros(64, 4))  # B starts at zero, so DoRA's m is ||W||_row
+    if use_dora:
+        torch.testing.assert_close(q_proj.lora_magnitude_vector, torch.linalg.norm(q_proj.weight, dim=1))
+    folder = _without(tiny_checkpoints["qwen2"], tmp_path, name)
+    with pytest.raises(CheckpointError, match=rf"lacks tensor '{re.escape(name)}' \(1 missing in all\)"):
+        from_pretrained(folder, linear_factory=factory)
+    with pytest.raises(CheckpointError, match=rf"lacks tensor '{re.escape(name)}' \(1 missing in all\)"):
+        from_pretrained(folder)  # the plain model, as QLoRA and full fine-tuning load it
 
 
 def test_parameters_nobody_initialises_are_an_error(tiny_checkpoints: dict[str, Path]) -> None:

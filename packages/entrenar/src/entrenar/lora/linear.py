@@ -152,6 +152,10 @@ class LoRALinear(nn.Module):
 
     # ------------------------------------------------------------------------------------------ init
 
+    def initialized_tensor_names(self) -> tuple[str, ...]:
+        """What `initialize_parameters` fills and no base checkpoint holds: A, B and DoRA's magnitude."""
+        return ("lora_A", "lora_B", "lora_magnitude_vector") if self.use_dora else ("lora_A", "lora_B")
+
     @torch.no_grad()
     def initialize_parameters(self) -> None:
         """Draw A and B for `init` and set DoRA's magnitude to ``||W + scaling * B @ A||_row``.

@@ -9,7 +9,7 @@ Example:
 
 from entrenar.models.cache import KVCache
 from entrenar.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
-from entrenar.models.linear import LinearFactory, make_linear
+from entrenar.models.linear import LinearFactory, SelfInitializing, make_linear
 from entrenar.models.loading import (
     CONFIG_FILES,
     MODEL_FILE_PATTERNS,
@@ -28,6 +28,7 @@ __all__ = [
     "KVCache",
     "LinearFactory",
     "ModelConfig",
+    "SelfInitializing",
     "from_pretrained",
     "looks_like_repo_id",
     "make_linear",

@@ -7,17 +7,18 @@ the adapter is chosen when the model is built (torchtune's component builders:
 https://github.com/pytorch/torchtune/blob/main/torchtune/models/llama3/_component_builders.py).
 
 A factory's module must keep the ``weight`` (and ``bias``) names so base checkpoints load unchanged.
-Parameters it adds that no checkpoint holds (LoRA's A and B) are materialised by `from_pretrained`
-and then initialised by the module's ``initialize_parameters()`` method.
+Tensors it adds that no checkpoint holds (LoRA's A and B) it declares as `SelfInitializing`:
+`from_pretrained` materialises exactly those and then calls ``initialize_parameters()``; any other
+tensor the checkpoint lacks is an error.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from torch import nn
 
-__all__ = ["LinearFactory", "make_linear"]
+__all__ = ["LinearFactory", "SelfInitializing", "make_linear"]
 
 
 class LinearFactory(Protocol):
@@ -32,6 +33,19 @@ class LinearFactory(Protocol):
             out_features: Output width.
             bias: Whether the projection has a bias.
         """
+        ...
+
+
+@runtime_checkable
+class SelfInitializing(Protocol):
+    """A module that creates some of its tensors itself: no checkpoint holds them, and it initialises them."""
+
+    def initialized_tensor_names(self) -> tuple[str, ...]:
+        """Names of those tensors, relative to the module (e.g. ``("lora_A", "lora_B")``)."""
+        ...
+
+    def initialize_parameters(self) -> None:
+        """Initialise those tensors; called once every other tensor of the module holds its loaded value."""
         ...
 
 

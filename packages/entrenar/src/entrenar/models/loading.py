@@ -3,8 +3,9 @@
 `from_pretrained` builds the model on the ``meta`` device (no memory), then reads the checkpoint one
 tensor at a time through `aprender.format.safetensors.open_checkpoint` and assigns each, converted to
 the requested dtype and device, in place of its meta parameter. Peak memory is the model plus one
-tensor, not twice the model. Parameters a custom linear factory adds (LoRA's A and B) are not in the
-checkpoint: they are allocated and then initialised by their module's ``initialize_parameters()``.
+tensor, not twice the model. The tensors a custom linear factory's module declares as its own
+(`entrenar.models.linear.SelfInitializing`: LoRA's A and B) are not in the checkpoint: they are allocated
+and then initialised by the module's ``initialize_parameters()``. Any other tensor missing is an error.
 
 `save_pretrained` writes what ``transformers.AutoModelForCausalLM.from_pretrained`` loads:
 ``config.json``, ``model.safetensors`` (or shards + index) and ``generation_config.json``.
@@ -27,7 +28,7 @@ from aprender.errors import InvalidArgumentError
 from aprender.format.safetensors import CheckpointReader, open_checkpoint, save
 from entrenar.errors import CheckpointError, ModelConfigError
 from entrenar.models.config import DTYPE_NAMES, ModelConfig
-from entrenar.models.linear import LinearFactory
+from entrenar.models.linear import LinearFactory, SelfInitializing
 from entrenar.models.model import CausalLM
 
 __all__ = [
@@ -258,15 +259,16 @@ def _reading_plan(
 def _initialise_missing(
     model: nn.Module, missing: list[str], folder: Path, dtype: torch.dtype, device: torch.device
 ) -> None:
-    """Allocate tensors absent from the checkpoint and let their owning modules initialise them."""
+    """Allocate the missing tensors that modules create themselves and let them initialise them; refuse others."""
     if not missing:
         return
-    owners = {
-        prefix: module
+    owners = [
+        (module, {f"{prefix}.{name}" for name in module.initialized_tensor_names()})
         for prefix, module in model.named_modules()
-        if prefix and callable(getattr(module, "initialize_parameters", None))
-    }
-    uncovered = [name for name in missing if not any(name.startswith(f"{prefix}.") for prefix in owners)]
+        if prefix and isinstance(module, SelfInitializing)
+    ]
+    created = set().union(*(names for _, names in owners))
+    uncovered = [name for name in missing if name not in created]
     if uncovered:
         raise CheckpointError(
             f"{folder}: the checkpoint lacks tensor {uncovered[0]!r} ({len(uncovered)} missing in all); "
@@ -278,8 +280,8 @@ def _initialise_missing(
         _assign(
             model, name, torch.empty(meta.shape, dtype=dtype if meta.is_floating_point() else meta.dtype, device=device)
         )
-    for prefix, module in owners.items():
-        if any(name.startswith(f"{prefix}.") for name in missing):
+    for module, names in owners:
+        if names.intersection(missing):
             module.initialize_parameters()
 
 

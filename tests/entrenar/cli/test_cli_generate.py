@@ -161,7 +161,8 @@ def no_template(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> Path:
         (["--model", "{qwen2}", "hi", "--temperature", "nan"], "--temperature nan must be >= 0"),
         (["--model", "{qwen2}", "hi", "--max-new-tokens", "0"], "max_new_tokens=0 must be a whole number >= 1"),
         (["--model", "{qwen2}", "hi", "--temperature", "1", "--top-p", "2"], "top_p=2.0 must be between 0 and 1"),
-        (["--model", "{qwen2}", "", "--max-new-tokens", "3"], "the prompt encodes to no tokens"),
+        (["--model", "{qwen2}", "", "--max-new-tokens", "3"], "PROMPT is empty; give the text to continue"),
+        (["--model", "{qwen2}", "", "--chat"], "PROMPT is empty; give the text to continue"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_2(
@@ -184,6 +185,18 @@ def test_user_errors_are_one_line_with_exit_2(
     assert out == ""
     assert err.startswith("error: ") and err.count("\n") == 1
     assert message in err
+
+
+def test_only_an_empty_prompt_is_refused(tiny_checkpoints: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tiny_checkpoints["llama"]  # its tokenizer adds BOS, so '' encodes to [BOS] and would generate
+    code, out, err = _run(["--model", str(folder), "", "--max-new-tokens", "3"], capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: PROMPT is empty; give the text to continue, e.g. entrenar generate 'Once upon a time' --model MODEL\n"
+    )
+    code, out, err = _run(["--model", str(folder), " ", "--max-new-tokens", "3"], capsys)
+    assert (code, err) == (0, "")
+    assert out == _expected(folder, Tokenizer.from_dir(folder).encode(" "), max_new_tokens=3)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")

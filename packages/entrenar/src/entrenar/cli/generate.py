@@ -3,7 +3,8 @@
 The model is a local folder in the Hugging Face layout or a Hub repo id (downloaded with its tokenizer
 into the standard HF cache). Text goes to stdout as tokens arrive, decoded incrementally so that a
 character split across tokens is printed whole. ``--temperature 0`` (the default) decodes greedily;
-above 0 it samples, optionally with ``--top-k``, ``--top-p`` and a ``--seed``.
+above 0 it samples, optionally with ``--top-k``, ``--top-p`` and a ``--seed``. An empty PROMPT is refused
+(an unset shell variable, most likely), with or without ``--chat``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def generate_command(
     from entrenar.generation import IncrementalDetokenizer, default_eos_token_ids, generate
     from entrenar.models import from_pretrained
 
-    _check_flags(chat, system, temperature, top_k, top_p, seed)
+    _check_flags(prompt, chat, system, temperature, top_k, top_p, seed)
     folder = _model_folder(model_ref)
     tokenizer = Tokenizer.from_dir(folder)
     prompt_ids = _prompt_ids(tokenizer, prompt, chat, system, folder)
@@ -89,11 +90,15 @@ def generate_command(
 
 
 def _check_flags(
-    chat: bool, system: str | None, temperature: float, top_k: int, top_p: float, seed: int | None
+    prompt: str, chat: bool, system: str | None, temperature: float, top_k: int, top_p: float, seed: int | None
 ) -> None:
-    """Refuse option combinations that would silently do nothing."""
+    """Refuse an empty prompt and option combinations that would silently do nothing."""
     from entrenar.errors import GenerationError
 
+    if prompt == "":
+        raise GenerationError(
+            "PROMPT is empty; give the text to continue, e.g. entrenar generate 'Once upon a time' --model MODEL"
+        )
     if system is not None and not chat:
         raise GenerationError("--system applies only with --chat; add --chat or drop --system")
     if not temperature >= 0:

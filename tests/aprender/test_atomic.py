@@ -9,7 +9,7 @@ from typing import IO
 
 import pytest
 
-from aprender.atomic import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
+from aprender.atomic import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, remove_temp_files
 
 
 def test_writes_text_bytes_and_json(tmp_path: Path) -> None:
@@ -55,3 +55,29 @@ def test_unserialisable_json_keeps_previous_file(tmp_path: Path) -> None:
         atomic_write_json(target, {"bad": object()})
     assert json.loads(target.read_text(encoding="utf-8")) == {"ok": "é"}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_remove_temp_files_removes_what_killed_writes_leave_and_nothing_else(tmp_path: Path) -> None:
+    names: list[str] = []
+
+    def record_name(stream: IO[bytes]) -> None:
+        names.append(Path(stream.name).name)  # the temp file's name, as a kill mid-write would leave it
+
+    for target in ("adapter_model.safetensors", "latest", ".hidden.json"):
+        atomic_write(tmp_path / target, record_name)
+    for name in names:
+        (tmp_path / name).write_bytes(b"half")
+    users = ["notes.tmp", ".notes.tmp", f".notes.{'0' * 31}.tmp", f".notes.{'A' * 32}.tmp", f"x.{'0' * 32}.tmp"]
+    for name in users:
+        (tmp_path / name).write_text("mine")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / names[0]).write_bytes(b"half")  # only the folder itself is cleaned
+
+    removed = remove_temp_files(tmp_path)
+    assert sorted(path.name for path in removed) == sorted(names)
+    assert all(name.startswith(".") and name.endswith(".tmp") and len(name.split(".")[-2]) == 32 for name in names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["adapter_model.safetensors", "latest", ".hidden.json", "sub", *users]
+    )
+    assert (tmp_path / "sub" / names[0]).exists()
+    assert remove_temp_files(tmp_path / "missing") == []

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import time
+import uuid
 from importlib import import_module
 from pathlib import Path
 
@@ -60,6 +61,31 @@ def test_dry_run_writes_nothing(
     assert code == 0
     assert re.search(r"dry run: one step took loss \d+\.\d{4}; nothing was written", stdout)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_removes_the_temp_files_killed_writes_left(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"], training={"save_every": 1, "max_steps": 2})
+    out, root = tmp_path / "out", tmp_path / "out" / "checkpoints"
+    assert run_cli(capsys, "train", str(config))[0] == 0
+    # What a SIGKILL mid-write leaves: `aprender.atomic`'s temp names (.<name>.<uuid4 hex>.tmp), a checkpoint folder.
+    stale = [
+        out / f".adapter_model.safetensors.{uuid.uuid4().hex}.tmp",
+        out / f".metrics.jsonl.{uuid.uuid4().hex}.tmp",
+        root / f".latest.{uuid.uuid4().hex}.tmp",
+        root / "step-2" / f".trainer_state.json.{uuid.uuid4().hex}.tmp",
+        root / f".tmp-step-3-{uuid.uuid4().hex}" / "optimizer.pt",
+    ]
+    mine = [out / "notes.tmp", out / ".adapter_model.safetensors.tmp", root / "notes.tmp", root / "step-2" / "x.tmp"]
+    for path in stale + mine:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("mine" if path in mine else "half")
+
+    code, stdout, _ = run_cli(capsys, "train", str(config), "training.max_steps=3", "training.save_every=10")
+    assert code == 0 and "(step 2)" in stdout
+    assert [path for path in stale if path.exists()] == [] and not list(root.glob(".tmp-step-*"))
+    assert [path.read_text() for path in mine] == ["mine"] * len(mine)
 
 
 def test_whole_run_in_a_child_process(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Exact resume: a run SIGKILLed mid-way (or mid-checkpoint) and resumed equals an uninterrupted run, bit for bit.
+"""Exact resume: a run SIGKILLed mid-way (or mid-write) and resumed equals an uninterrupted run, bit for bit.
 
 Every run is a child process with one torch thread. The config exercises what resume must restore: LoRA
 dropout (torch RNG), gradient accumulation across epoch boundaries with a checkpoint mid-epoch (data
@@ -38,7 +38,9 @@ _CHILD = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from rich.console import Console
+    from aprender.atomic import atomic_write
     from entrenar.config import load_config
+    from entrenar.lora import peft_io
     from entrenar.train import Callback, run_training
     from entrenar.train import checkpoint as ckpt
 
@@ -61,8 +63,13 @@ _CHILD = textwrap.dedent(
         if path.name == "optimizer.pt" and path.parent.name.startswith(f".tmp-step-{step}-"):
             hang()
 
+    def half_written_adapter(tensors, path, metadata=None):  # hang with the adapter's temp file half-way on disk
+        atomic_write(path, lambda stream: (stream.write(b"half"), stream.flush(), hang()))
+
     if mode == "save":
         ckpt._torch_save = save_then_hang
+    if mode == "adapter":
+        peft_io.save_file = half_written_adapter
     callbacks = [HangAfterStep()] if mode == "step" else []
     run_training(load_config(config), callbacks=callbacks, console=Console(file=sys.stderr))
     """
@@ -146,3 +153,19 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(
     _train(config)
     assert not list(root.glob(".tmp-*"))
     _assert_same_run(straight, tmp_path / "out")
+
+
+def test_sigkill_during_the_adapter_write_leaves_a_temp_file_the_next_run_removes(
+    straight: Path, memorizable_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    config = runs.write_config(tmp_path, memorizable_checkpoints["qwen2"], **SECTIONS)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.tmp").write_text("mine")
+    _kill_when_ready(tmp_path, config, "adapter", 12)
+    assert len(list(out.glob(".adapter_model.safetensors.*.tmp"))) == 1, "the kill left the adapter's temp file"
+    assert not (out / "adapter_model.safetensors").exists()
+    resumed = _train(config)
+    assert "(step 10)" in resumed.stdout
+    assert [p.name for p in out.glob("*.tmp")] == ["notes.tmp"]  # pathlib's * matches dot files too
+    _assert_same_run(straight, out)

@@ -2,7 +2,9 @@
 
 Every file the project writes for a user (checkpoints, configs, tokenizers, Hub storage) goes
 through `atomic_write`: the bytes land in a temporary sibling, are fsynced, then `os.replace`d over
-the target. A crash or exception mid-write leaves the previous file untouched and no temp file.
+the target. An exception mid-write leaves the previous file untouched and no temp file; a kill
+(SIGKILL, power loss) can leave the temp file, ``.<name>.<32 hex digits>.tmp``, which
+`remove_temp_files` recognises and removes.
 
 Example:
     >>> import tempfile, pathlib
@@ -16,10 +18,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "remove_temp_files"]
+
+# The temp sibling of ``name``: ``.<name>.<uuid4 hex>.tmp``; `_temp_path` makes it, `remove_temp_files` finds it.
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
+
+
+def _temp_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
@@ -33,7 +45,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
         Whatever `write` or the file system raises; the temp file is removed and `path` is unchanged.
     """
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    tmp = _temp_path(target)
     try:
         with tmp.open("xb") as stream:  # created with the default mode, so the umask applies
             write(stream)
@@ -58,3 +70,24 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> None:
     """Atomically replace `path` with `obj` as JSON (UTF-8, non-ASCII kept, trailing newline)."""
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def remove_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temp files that killed `atomic_write` calls left in `folder` (not in its subfolders).
+
+    Only names `atomic_write` makes are removed (``.<name>.<32 hex digits>.tmp``), so a user's
+    ``notes.tmp`` stays. Call it when nothing writes into `folder`, e.g. as a run that owns it starts.
+
+    Args:
+        folder: The folder to clean; a missing one holds nothing.
+
+    Returns:
+        The files removed.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    stale = [entry for entry in root.iterdir() if _TEMP_NAME.fullmatch(entry.name) and entry.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from aprender.atomic import atomic_write_json
 from aprender.errors import InvalidArgumentError
 from aprender.format.safetensors import CheckpointReader, open_checkpoint, save
 from entrenar.errors import CheckpointError, ModelConfigError
@@ -150,7 +150,7 @@ def save_pretrained(
     written = save(tensors, out, max_shard_size=max_shard_size)
     generation = model.generation_config or _default_generation_config(config)
     for name, content in (("config.json", config.to_hf_dict()), ("generation_config.json", generation)):
-        _write_json(out / name, content)
+        atomic_write_json(out / name, content)
         written.append(out / name)
     return written
 
@@ -343,12 +343,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: holds a JSON {type(data).__name__}, not an object; re-download or re-save it")
     return data
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -11,7 +11,8 @@ Layout under ``<output_dir>/checkpoints/``::
 Saving (`save_checkpoint`) writes every file into a hidden temporary folder, fsyncs the files and the
 folder, renames it to ``step-N`` and fsyncs ``checkpoints/``; only then does ``latest`` move (an atomic
 file replace). A process killed at any moment therefore leaves ``latest`` naming a complete checkpoint
-(or no pointer at all before the first save); the half-written folder is removed by the next save.
+(or no pointer at all before the first save); the half-written folder is removed by the next save, and
+by `remove_interrupted_saves` (with the temp file of a killed ``latest`` write) when a run starts.
 `load_checkpoint` re-hashes every file against ``trainer_state.json`` before trusting it.
 
 RNG states are those of python's `random`, NumPy's legacy global generator, torch's CPU generator and
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aprender.atomic import atomic_write_text
+from aprender.atomic import atomic_write_text, remove_temp_files
 from aprender.errors import FormatError
 from aprender.format.safetensors import load_file, save_file
 from entrenar.errors import CheckpointError
@@ -51,6 +52,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "remove_checkpoints",
+    "remove_interrupted_saves",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -62,6 +64,7 @@ OPTIMIZER_FILENAME = "optimizer.pt"
 STATE_FILENAME = "state.pt"
 TRAINER_STATE_FILENAME = "trainer_state.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
+_TMP_STEP_PREFIX = ".tmp-step-"  # a checkpoint being written: ``.tmp-step-N-<uuid4 hex>``
 _HASH_CHUNK = 1 << 20
 
 
@@ -198,7 +201,7 @@ def save_checkpoint(root: str | os.PathLike[str], checkpoint: Checkpoint, *, kee
     final = folder / f"step-{checkpoint.step}"
     if latest_checkpoint(folder) == final:
         return final
-    tmp = folder / f".tmp-step-{checkpoint.step}-{uuid.uuid4().hex}"
+    tmp = folder / f"{_TMP_STEP_PREFIX}{checkpoint.step}-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         _write_files(tmp, checkpoint)
@@ -221,9 +224,32 @@ def _prune(folder: Path, current: int, keep: int) -> None:
     for entry in folder.iterdir():
         match = _STEP_DIR.fullmatch(entry.name)
         stale = match is not None and int(match.group(1)) not in kept
-        leftover = entry.name.startswith(".tmp-step-") and entry.is_dir()
-        if stale or leftover:
+        if stale or _is_unfinished_save(entry):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _is_unfinished_save(entry: Path) -> bool:
+    return entry.name.startswith(_TMP_STEP_PREFIX) and entry.is_dir()
+
+
+def remove_interrupted_saves(root: str | os.PathLike[str]) -> None:
+    """Remove what killed saves left in the ``checkpoints`` folder; no-op when it does not exist.
+
+    That is unfinished checkpoint folders and the temp files of atomic writes (``latest``'s, and any inside
+    ``step-N``), never other files.
+
+    Args:
+        root: The ``checkpoints`` folder.
+    """
+    folder = Path(root)
+    if not folder.is_dir():
+        return
+    remove_temp_files(folder)
+    for entry in folder.iterdir():
+        if _is_unfinished_save(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif _STEP_DIR.fullmatch(entry.name) and entry.is_dir():
+            remove_temp_files(entry)
 
 
 # ---------------------------------------------------------------------------------------------- load

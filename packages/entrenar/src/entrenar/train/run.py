@@ -3,6 +3,8 @@
 Resuming: when ``<output_dir>/checkpoints/latest`` names a checkpoint, the run continues from it unless
 ``resume=False`` (which deletes the checkpoints and starts over); ``resume=True`` insists on a checkpoint.
 Checkpoints are only deleted once the new run is built, so a config error never costs a checkpoint.
+Then the temp files that a killed run's atomic writes left (in the output folder, ``checkpoints/`` and its
+``step-N`` folders) are removed; files of other names stay.
 
 Publishing: with a ``publish:`` section the repo id, token and write access are checked before anything
 is built (`entrenar.hub.preflight`), so a typo or a missing token fails in seconds, not after training;
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from aprender.atomic import remove_temp_files
 from entrenar.config import TrainConfig, write_resolved_config
 from entrenar.errors import CheckpointError
 from entrenar.train.build import TrainingRun, build_run
@@ -27,7 +30,13 @@ from entrenar.train.callbacks import (
     MetricsLogger,
     ProgressDisplay,
 )
-from entrenar.train.checkpoint import CHECKPOINTS_DIRNAME, latest_checkpoint, load_checkpoint, remove_checkpoints
+from entrenar.train.checkpoint import (
+    CHECKPOINTS_DIRNAME,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_checkpoints,
+    remove_interrupted_saves,
+)
 from entrenar.train.estimate import count_parameters
 from entrenar.train.loop import Trainer
 from entrenar.train.outputs import FINAL_MODEL_FILENAME, write_outputs
@@ -139,6 +148,8 @@ def run_training(
     start_from = _resume_point(root, resume)
     _preflight(cfg, console)
     run = build_run(cfg)
+    remove_temp_files(out)
+    remove_interrupted_saves(root)
     console.print(describe_run(run), highlight=False, soft_wrap=True)
     trainer = Trainer(run, callbacks=default_callbacks(cfg, console) + list(callbacks or []), checkpoint_dir=root)
     if start_from is not None:

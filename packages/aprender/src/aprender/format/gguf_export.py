@@ -16,10 +16,11 @@ https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
   included (llama-quantize's `--pure`). A weight whose rows are not a multiple of the 32-value block is
   stored as F16 instead, as llama.cpp does, and a warning names it.
 - Tokenizer (`tokenizer.json`, `tokenizer_config.json`): a byte-level BPE becomes `tokenizer.ggml.model`
-  "gpt2" with its merges and the `tokenizer.ggml.pre` name whose split regexes (`PRE_TOKENIZERS`) equal
-  the tokenizer's; a BPE with byte fallback becomes "llama" (SentencePiece) with scores that rank each
-  piece by the merge that makes it, so llama.cpp's score-greedy merging follows the merge list. Token
-  types follow llama.cpp: added special (or `<|...|>`) tokens CONTROL, other added tokens USER_DEFINED,
+  "gpt2" with its merges and the `tokenizer.ggml.pre` name llama.cpp's converter gives it
+  (`llama_cpp_pre.identify_pre_tokenizer`: by the hash of its ids for a fixed text); a BPE with byte
+  fallback becomes "llama" (SentencePiece) with scores that rank each piece by the merge that makes it,
+  so llama.cpp's score-greedy merging follows the merge list. Token types follow llama.cpp: added special
+  (or `<|...|>`) tokens CONTROL, other added tokens USER_DEFINED,
   `<0xNN>` BYTE and the unknown token UNKNOWN (SentencePiece), ids without a token UNUSED `[PADn]`.
   GGUF has no place for a normalizer: NFC (Qwen2's) is dropped as llama.cpp drops it, others are refused.
 - Sampling defaults of a `generation_config.json` with `do_sample: true` become `general.sampling.*`.
@@ -58,11 +59,11 @@ from aprender.format.convert import (
     llama3_rope_divisors,
     permute_rope_rows,
 )
-from aprender.format.gguf_tokenizer import PRE_TOKENIZERS
+from aprender.format.llama_cpp_pre import identify_pre_tokenizer
 from aprender.format.safetensors import CheckpointReader, open_checkpoint
 from aprender.text import Tokenizer
 
-__all__ = ["GGUF_TYPES", "SUPPORTED_MODEL_TYPES", "export_gguf", "gguf_pre_tokenizer", "gguf_tensor_name"]
+__all__ = ["GGUF_TYPES", "SUPPORTED_MODEL_TYPES", "export_gguf", "gguf_tensor_name"]
 
 _LOG = logging.getLogger(__name__)
 _Q = gguf.GGMLQuantizationType
@@ -87,10 +88,6 @@ _ROPE_FREQS = "rope_freqs.weight"
 # Buffers old checkpoints carry that llama.cpp recomputes from the config.
 _SKIPPED_SUFFIX = ".rotary_emb.inv_freq"
 
-# Pre-tokenizer regexes -> the llama.cpp name; the first name of each group wins. "default" is only what the
-# reader assumes for a file without the key (llama.cpp's own "default" splits differently), so it is not written.
-_PRE_NAMES = {patterns: name for name, patterns in reversed(PRE_TOKENIZERS.items()) if name != "default"}
-_GPT2_SPLIT = PRE_TOKENIZERS["gpt2"][0]
 _T = gguf.TokenType
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = (
     int(t) for t in (_T.NORMAL, _T.UNKNOWN, _T.CONTROL, _T.USER_DEFINED, _T.UNUSED, _T.BYTE)
@@ -432,49 +429,6 @@ def _nbytes(shape: Sequence[int], qtype: gguf.GGMLQuantizationType) -> int:
 # -------------------------------------------------------------------------------------------- tokenizer
 
 
-def _split_patterns(step: Mapping[str, Any]) -> list[str]:
-    """The regexes a `tokenizers` pre-tokenizer splits with, in order (llama.cpp's view of it)."""
-    kind = step.get("type")
-    if kind == "Sequence":
-        return [pattern for inner in step["pretokenizers"] for pattern in _split_patterns(inner)]
-    isolated = step.get("behavior") == "Isolated" and not step.get("invert")
-    if kind == "Split" and "Regex" in step.get("pattern", {}) and isolated:
-        return [step["pattern"]["Regex"]]
-    if kind == "Digits":
-        return [r"\p{N}" if step.get("individual_digits") else r"\p{N}+"]
-    if kind == "ByteLevel" and not step.get("add_prefix_space"):
-        return [_GPT2_SPLIT] if step.get("use_regex", True) else []
-    raise ConversionError(
-        f"tokenizer.json pre-tokenizer step {json.dumps(step)[:200]} has no llama.cpp equivalent; "
-        f"GGUF export supports Split (isolated regex), Digits and ByteLevel without a prefix space"
-    )
-
-
-def gguf_pre_tokenizer(pre_tokenizer: Mapping[str, Any] | None) -> str:
-    """Name the llama.cpp pre-tokenizer (`tokenizer.ggml.pre`) that splits text like a byte-level BPE's.
-
-    Args:
-        pre_tokenizer: the `pre_tokenizer` object of a `tokenizer.json` (Split/Digits/ByteLevel steps,
-            alone or in a Sequence).
-
-    Returns:
-        The llama.cpp name whose regexes (`gguf_tokenizer.PRE_TOKENIZERS`) equal the tokenizer's, e.g.
-        "qwen2", "llama-bpe", "smollm", "gpt2".
-
-    Raises:
-        ConversionError: a step llama.cpp cannot express, or a regex sequence no llama.cpp name uses.
-    """
-    if pre_tokenizer is None:
-        raise ConversionError("tokenizer.json has no pre_tokenizer; a byte-level BPE needs ByteLevel (and splits)")
-    patterns = tuple(_split_patterns(pre_tokenizer))
-    if patterns not in _PRE_NAMES:
-        raise ConversionError(
-            f"tokenizer.json pre-tokenizer splits with {list(patterns)}, which no llama.cpp pre-tokenizer does; "
-            f"known: {', '.join(sorted(set(_PRE_NAMES.values())))}"
-        )
-    return _PRE_NAMES[patterns]
-
-
 def _space_prefix(document: Mapping[str, Any]) -> bool:
     """SentencePiece's dummy prefix from a Metaspace pre-tokenizer or Llama 2's Prepend+Replace normalizer."""
     pre, normalizer = document.get("pre_tokenizer") or {}, document.get("normalizer")
@@ -559,7 +513,7 @@ def _gguf_vocab(folder: Path, config: Mapping[str, Any], size: int) -> _Vocab:
                 f"tokenizer.json normalizer {document['normalizer'].get('type')!r} has no GGUF equivalent; "
                 f"only NFC (which llama.cpp leaves out, as for Qwen2) can be dropped"
             )
-        pre, space_prefix = gguf_pre_tokenizer(document.get("pre_tokenizer")), None
+        pre, space_prefix = identify_pre_tokenizer(tokenizer), None
     tokens, types = _token_table(document, size, sentencepiece)
     merges = _merges(document)
     ids = _special_ids(tokenizer, config, size)

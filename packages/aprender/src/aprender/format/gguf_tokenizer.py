@@ -38,6 +38,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 
 from aprender.atomic import atomic_write_json
 from aprender.errors import ConversionError
+from aprender.format.llama_cpp_pre import ADDS_BOS, IGNORE_MERGES, PRE_TOKENIZERS
 
 __all__ = [
     "PRE_TOKENIZERS",
@@ -52,33 +53,6 @@ _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
 _SPECIAL = (_UNKNOWN, _CONTROL)
 
 SUPPORTED_TOKENIZER_MODELS = ("gpt2", "llama")
-
-# GPT-2's own split (also what `pre_tokenizers.ByteLevel(use_regex=True)` applies).
-_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-# Llama 3's split: case-insensitive contractions, numbers in groups of up to three digits.
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# Qwen2's split: Llama 3's with single digits.
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-# `tokenizer.ggml.pre` -> the regexes llama.cpp (src/llama-vocab.cpp) splits with, applied in order.
-# "default" (and a file without the key) gets GPT-2's split, as Hugging Face's GPT-2 tokenizer does;
-# "smollm"/"starcoder" first isolate every digit, then apply GPT-2's split.
-PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
-    "default": (_GPT2_SPLIT,),
-    "gpt2": (_GPT2_SPLIT,),
-    "smollm": (r"\p{N}", _GPT2_SPLIT),
-    "starcoder": (r"\p{N}", _GPT2_SPLIT),
-    "llama-bpe": (_LLAMA3_SPLIT,),
-    "llama3": (_LLAMA3_SPLIT,),
-    "qwen2": (_QWEN2_SPLIT,),
-    "deepseek-r1-qwen": (_QWEN2_SPLIT,),
-}
 
 
 def _required(metadata: Mapping[str, Any], key: str) -> Any:
@@ -167,8 +141,11 @@ def _byte_level_model(metadata: Mapping[str, Any], tokens: list[str], types: lis
     ]
     merges = _merge_pairs(_required(metadata, "tokenizer.ggml.merges"))
     vocab = {tok: i for i, tok in enumerate(spelled)}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    tokenizer.pre_tokenizer = _byte_level_pre_tokenizer(str(metadata.get("tokenizer.ggml.pre", "default")))
+    pre = str(metadata.get("tokenizer.ggml.pre", "default"))
+    tokenizer = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False, ignore_merges=pre in IGNORE_MERGES)
+    )
+    tokenizer.pre_tokenizer = _byte_level_pre_tokenizer(pre)
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
@@ -232,8 +209,10 @@ def _post_processor(metadata: Mapping[str, Any], tokens: list[str]) -> processor
 
 
 def _adds(metadata: Mapping[str, Any], name: str) -> bool:
-    """llama.cpp's default: a SentencePiece vocabulary adds BOS unless told otherwise; nothing else is added."""
-    default = name == "bos" and metadata.get("tokenizer.ggml.model") == "llama"
+    """llama.cpp's default: a SentencePiece or Llama 3 vocabulary adds BOS unless told otherwise; nothing else is."""
+    kind, pre = metadata.get("tokenizer.ggml.model"), metadata.get("tokenizer.ggml.pre")
+    llama3 = kind == "gpt2" and pre in ADDS_BOS and _token_id(metadata, "bos") is not None
+    default = name == "bos" and (kind == "llama" or llama3)
     return bool(metadata.get(f"tokenizer.ggml.add_{name}_token", default))
 
 
@@ -285,7 +264,7 @@ def gguf_tokenizer_config(metadata: Mapping[str, Any]) -> dict[str, Any]:
     Returns:
         `tokenizer_class` (PreTrainedTokenizerFast: the tokenizer.json is used as written),
         `bos_token`/`eos_token`/`unk_token`/`pad_token` (strings or None), `add_bos_token`/`add_eos_token`
-        (llama.cpp defaults: BOS for a SentencePiece vocabulary, nothing otherwise),
+        (llama.cpp defaults: BOS for a SentencePiece or Llama 3 vocabulary, nothing otherwise),
         `clean_up_tokenization_spaces` (False: decoding gives the text back), plus `chat_template` and
         `model_max_length` when the file has them.
 

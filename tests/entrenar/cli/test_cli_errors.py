@@ -1,4 +1,4 @@
-"""User mistakes reach `entrenar train|validate|info` as one ``error: ...`` line and exit code 2, no traceback."""
+"""User mistakes reach `entrenar train|validate|info` as ``error: ...`` lines (one per problem), exit code 2."""
 
 from __future__ import annotations
 
@@ -99,6 +99,25 @@ def test_user_errors_are_one_line_with_exit_code_2(
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
     assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("command", ["train", "validate", "info"])
+def test_every_config_error_is_one_line(
+    command: str, tiny_checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        "model: {path: MODEL, dtype: fp8}\ndata: {train_path: train.jsonl}\n"
+        "lora: {rnak: 4}\ntraining: {max_steps: ten}\n"
+    )
+    config = _yaml(text)(tmp_path, tiny_checkpoints["qwen2"])
+    code, out, err = run_cli(capsys, command, str(config), "optimizer.lr=-1")
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [  # in the file's order; the section the override added comes last
+        f"error: {config}: model.dtype: 'fp8' is not one of auto, float32, bfloat16, float16",
+        f"error: {config}: lora.rnak: unknown key; did you mean rank?",
+        f"error: {config}: training.max_steps: expected an integer, got 'ten'",
+        f"error: {config}: optimizer.lr: must be > 0, got -1 (from the command line)",
+    ]
 
 
 @pytest.mark.parametrize("command", ["train", "validate", "info"])

@@ -1,4 +1,4 @@
-"""Every invalid config yields one ConfigError line naming the file and the key path.
+"""Every invalid config yields a ConfigError with one line per problem, each naming the file and the key path.
 
 Expected messages are written by hand from the rule each case breaks; positions in YAML errors are
 counted by hand (1-based line and column of the offending character).
@@ -18,6 +18,7 @@ from entrenar.errors import EntrenarError
 
 WriteConfig = Callable[..., Path]
 SECTIONS = "model, data, optimizer, scheduler, lora, quantize, training, publish"
+LORA_KEYS = "rank, alpha, dropout, target_modules, use_rslora, use_dora, init"
 
 
 @pytest.fixture(autouse=True)
@@ -233,9 +234,81 @@ def test_key_errors(content: dict[str, Any], message: str, project: Path, write_
     assert error_of() == "config.yaml: " + message.format(p=project, t=project.parent)
 
 
-def test_first_error_wins_in_section_order(write_config: WriteConfig) -> None:
-    write_config({"publish": {"repo": "bad"}, "lora": {"rank": 0}})
-    assert error_of() == "config.yaml: lora.rank: must be >= 1, got 0"
+def errors_of(path: str | Path = "config.yaml", overrides: tuple[str, ...] = ()) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return str(info.value).splitlines()
+
+
+def test_every_error_is_reported_in_document_order(write_config: WriteConfig) -> None:
+    # Validation builds training before lora and publish last; the report follows the file instead.
+    write_config(
+        "publish: {repo: bad}\n"
+        "model: {path: Qwen/Qwen2.5-0.5B}\n"
+        "data: {train_path: data/train.jsonl}\n"
+        "training: {epochs: three}\n"
+        "lora: {rnak: 8}\n"
+    )
+    assert errors_of() == [
+        "config.yaml: publish.repo: repo id 'bad' must be 'namespace/name' with exactly one '/', e.g. 'me/my-model'",
+        "config.yaml: training.epochs: expected an integer, got 'three'",
+        "config.yaml: lora.rnak: unknown key; did you mean rank?",
+    ]
+
+
+def test_keys_of_one_section_are_all_checked(write_config: WriteConfig) -> None:
+    write_config(
+        "model: {path: Qwen/Qwen2.5-0.5B, dtype: fp8}\n"
+        "data: {train_path: data/train.jsonl}\n"
+        "optimizer: {lr: -1, name: sgd, betas: [0.9, 0.99], momentum: 2, wd: 0.1}\n"
+    )
+    assert errors_of() == [
+        "config.yaml: model.dtype: 'fp8' is not one of auto, float32, bfloat16, float16",
+        "config.yaml: optimizer.lr: must be > 0, got -1",
+        # name and betas are valid: their cross-field check runs (momentum is broken: its check does not)
+        "config.yaml: optimizer.betas: applies to optimizer.name adamw or adam or adamw8bit only, not sgd; remove it",
+        "config.yaml: optimizer.momentum: must be in [0, 1), got 2",
+        "config.yaml: optimizer.wd: unknown key; valid keys: name, lr, weight_decay, betas, eps, momentum, "
+        "loraplus_lr_ratio",
+    ]
+
+
+def test_an_invalid_key_triggers_no_follow_up_errors(write_config: WriteConfig) -> None:
+    # A mistyped scheduler name must not be read as the default (cosine) and blame step_size and gamma on it;
+    # a broken max_steps must not be compared with the warmup.
+    write_config(
+        {
+            "scheduler": {"name": "stepp", "step_size": 10, "gamma": 0.5, "warmup_steps": 50},
+            "training": {"max_steps": "ten"},
+            "data": {"val_path": "data/missing.jsonl"},
+        }
+    )
+    assert errors_of() == [
+        f"config.yaml: data.val_path: {Path.cwd()}/data/missing.jsonl does not exist (relative paths are "
+        "resolved against the config's folder)",
+        "config.yaml: scheduler.name: 'stepp' is not one of constant, linear, cosine, step, inverse_sqrt; "
+        "did you mean step?",
+        "config.yaml: training.max_steps: expected an integer, got 'ten'",
+    ]
+
+
+def test_thirty_errors_are_capped_at_twenty(write_config: WriteConfig) -> None:
+    write_config({"lora": {f"unknown_{i:02d}": i for i in range(30)}})
+    lines = errors_of()
+    assert len(lines) == 21
+    assert lines[0] == "config.yaml: lora.unknown_00: unknown key; valid keys: " + LORA_KEYS
+    assert lines[19] == "config.yaml: lora.unknown_19: unknown key; valid keys: " + LORA_KEYS
+    assert lines[20] == "... and 10 more errors in config.yaml"
+
+
+def test_override_errors_join_the_file_errors(write_config: WriteConfig) -> None:
+    write_config({"lora": {"rank": 0}})
+    assert errors_of(overrides=("max_steps", "training.epochs=three", "lora.alpha=0")) == [
+        "config.yaml: override 'max_steps': expected key=value, e.g. training.max_steps=10 (from the command line)",
+        "config.yaml: lora.rank: must be >= 1, got 0",
+        "config.yaml: lora.alpha: must be > 0, got 0 (from the command line)",
+        "config.yaml: training.epochs: expected an integer, got 'three' (from the command line)",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -272,14 +345,19 @@ def test_first_error_wins_in_section_order(write_config: WriteConfig) -> None:
         ("just text\n", f"config.yaml: expected a mapping of sections ({SECTIONS}), got 'just text'"),
         ("", "config.yaml: the file is empty; it needs at least model.path and data.train_path"),
         ("# only a comment\n", "config.yaml: the file is empty; it needs at least model.path and data.train_path"),
-        ("1: x\n", "config.yaml: 1: unknown key; valid keys: " + SECTIONS),
+        (  # one line per problem (the "one-line error" convention became "one line per error")
+            "1: x\n",
+            f"config.yaml: 1: unknown key; valid keys: {SECTIONS}\n"
+            "config.yaml: model.path: missing required key\n"
+            "config.yaml: data.train_path: missing required key",
+        ),
         ("data: {train_path: data/train.jsonl}\n", "config.yaml: model.path: missing required key"),
         ("model: {path: Qwen/Qwen2.5-0.5B}\n", "config.yaml: data.train_path: missing required key"),
     ],
 )
 def test_file_errors(text: str, message: str, write_config: WriteConfig) -> None:
     write_config(text)
-    assert error_of() == message
+    assert "\n".join(errors_of()) == message
 
 
 def test_yaml_merge_keys_are_not_duplicates(write_config: WriteConfig) -> None:

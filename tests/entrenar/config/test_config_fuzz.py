@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from entrenar.config import ConfigError, TrainConfig, load_config
+from entrenar.config.load import MAX_REPORTED
 from entrenar.config.schema import (
     DataSection,
     LoraSection,
@@ -64,8 +65,8 @@ def _check(call: Any) -> None:
     try:
         result = call()
     except ConfigError as exc:
-        message = str(exc)
-        assert message and "\n" not in message
+        lines = str(exc).split("\n")  # one printable line per problem, and a count past the cap
+        assert all(line and line.isprintable() for line in lines) and len(lines) <= MAX_REPORTED + 1
     else:
         assert isinstance(result, TrainConfig)
 

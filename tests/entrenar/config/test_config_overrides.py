@@ -67,9 +67,14 @@ def test_malformed_overrides(text: str, message: str) -> None:
 
 def test_overrides_apply_in_order_to_a_copy() -> None:
     data = {"training": {"epochs": 3}, "lora": None}
-    result, keys = apply_overrides(data, ["training.epochs=1", "lora.rank=4", "training.epochs=2"], "c.yaml")
+    result, keys, problems = apply_overrides(
+        data, ["training.epochs=1", "lora.rank=4", "bad", "training.epochs=2"], "c.yaml"
+    )
     assert result == {"training": {"epochs": 2}, "lora": {"rank": 4}}
     assert keys == ["training.epochs", "lora.rank", "training.epochs"]
+    assert problems == [
+        "c.yaml: override 'bad': expected key=value, e.g. training.max_steps=10 (from the command line)"
+    ]
     assert data == {"training": {"epochs": 3}, "lora": None}  # the caller's mapping is untouched
 
 

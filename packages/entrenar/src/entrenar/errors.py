@@ -1,7 +1,7 @@
 """Every exception entrenar raises on purpose.
 
-Messages are complete one-liners for the user; the CLI prints them without a traceback (unless
-``--debug``) and exits with code 2.
+Messages are complete one-liners for the user (a `ConfigError` has one line per problem); the CLI
+prints them without a traceback (unless ``--debug``) and exits with code 2.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class InvalidRecordError(DataError):
 
 
 class ConfigError(EntrenarError, ValueError):
-    """A training config is invalid (YAML syntax, unknown key, wrong type, bad value); names the file and key path."""
+    """A training config is invalid (YAML syntax, unknown key, wrong type, bad value): one line per problem found,
+    each naming the file and key path."""
 
 
 class GenerationError(EntrenarError, ValueError):

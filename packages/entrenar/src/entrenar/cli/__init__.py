@@ -1,8 +1,8 @@
 """The `entrenar` command line (click).
 
 Each command lives in its own module in this package and is listed in `_COMMANDS`. User errors
-(`aprender.errors.AprenderError`, which `EntrenarError` extends) print one line on stderr and exit
-with code 2; `--debug` shows the traceback instead.
+(`aprender.errors.AprenderError`, which `EntrenarError` extends) print ``error: ...`` on stderr, one
+line per problem (a config can have several), and exit with code 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ for _command in _COMMANDS:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the CLI, turning user errors into one line and exit code 2."""
+    """Console-script entry point: run the CLI, turning user errors into ``error:`` lines and exit code 2."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
@@ -61,5 +61,6 @@ def main(argv: list[str] | None = None) -> None:
     except AprenderError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        for line in str(exc).splitlines() or [""]:
+            click.echo(f"error: {line}", err=True)
         sys.exit(USER_ERROR_EXIT_CODE)

@@ -6,8 +6,9 @@ Typical use::
     cfg.method                      # "full", "lora" or "qlora"
     write_resolved_config(cfg, cfg.training.output_dir)
 
-Every problem is one `entrenar.errors.ConfigError` line naming the file and key path, e.g.
-``config.yaml: lora.rnak: unknown key; did you mean rank?``.
+Every problem is one line naming the file and key path, e.g.
+``config.yaml: lora.rnak: unknown key; did you mean rank?``; one `entrenar.errors.ConfigError` reports
+all the problems of a file (and its overrides) at once.
 """
 
 from entrenar.config.load import config_from_mapping, load_config, parse_yaml

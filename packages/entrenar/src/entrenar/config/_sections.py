@@ -1,5 +1,9 @@
 """Per-section rules on top of the generic checks: paths, keys that depend on others, cross-section checks.
 
+Each builder returns the section's checked values (defaults that depend on other keys filled in) and
+records its problems in the `Context`; a rule that combines keys runs only when those keys are valid,
+so one mistake is reported once, not again as the consequences of a default standing in for it.
+
 Relative paths (``model.path``, ``data.train_path``, ``data.val_path``, ``training.output_dir``) are
 resolved against `Context.base_dir`, the folder of the config file, so a config means the same thing
 whatever directory ``entrenar train`` runs from; ``~`` is expanded.
@@ -28,6 +32,8 @@ from entrenar.config.schema import (
     TrainingSection,
 )
 
+Values = dict[str, Any]
+
 MODEL_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json")
 _GLOB_MAGIC = re.compile(r"[*?[]")
 _QUANT_TYPE_FOR_BITS = {4: "nf4", 8: "int8"}
@@ -51,55 +57,57 @@ def _is_repo_id(raw: str) -> bool:
     return True
 
 
-def build_model(raw: object, ctx: Context) -> ModelSection:
+def build_model(raw: object, ctx: Context) -> Values:
     """``model:``: decide local path or Hub id (no network), resolve local paths."""
     values = read_section(ModelSection, raw, "model", ctx)
-    path: str = values.pop("path")
-    local = absolute_path(path, ctx)
-    if os.path.exists(local):
-        values.update(path=local, source="local")
-    elif _is_repo_id(path):
-        values.update(path=path, source="hub")
-    else:
-        raise ctx.error(
-            "model.path",
-            f"{path!r} is neither an existing file or folder ({local}) nor a Hub repo id like 'Qwen/Qwen2.5-0.5B'",
-        )
-    if values.get("revision") is not None and values["source"] == "local":
-        raise ctx.error("model.revision", f"applies to Hub repo ids only, and model.path is the local path {local}")
-    return ModelSection(**values)
+    if "path" in values:
+        path: str = values["path"]
+        local = absolute_path(path, ctx)
+        if os.path.exists(local):
+            values.update(path=local, source="local")
+        elif _is_repo_id(path):
+            values.update(source="hub")
+        else:
+            ctx.report(
+                "model.path",
+                f"{path!r} is neither an existing file or folder ({local}) nor a Hub repo id like 'Qwen/Qwen2.5-0.5B'",
+            )
+    if values.get("revision") is not None and values.get("source") == "local":
+        ctx.report("model.revision", f"applies to Hub repo ids only, and model.path is the local path {values['path']}")
+    return values
 
 
 def _data_path(key: str, raw: str, ctx: Context) -> str:
-    """An absolute data path that exists, or a glob that matches at least one path."""
+    """An absolute data path that exists, or a glob that matches at least one path (else a problem is reported)."""
     path = absolute_path(raw, ctx)
     if os.path.exists(path):
         return path
-    if _GLOB_MAGIC.search(path):
-        if not glob.glob(path, recursive=True):
-            raise ctx.error(key, f"the pattern {path} matches no file; check it (relative to {ctx.base_dir})")
-        return path
-    raise ctx.error(key, f"{path} does not exist (relative paths are resolved against the config's folder)")
+    if not _GLOB_MAGIC.search(path):
+        ctx.report(key, f"{path} does not exist (relative paths are resolved against the config's folder)")
+    elif not glob.glob(path, recursive=True):
+        ctx.report(key, f"the pattern {path} matches no file; check it (relative to {ctx.base_dir})")
+    return path
 
 
-def build_data(raw: object, ctx: Context) -> DataSection:
+def build_data(raw: object, ctx: Context) -> Values:
     """``data:``: resolve and check the paths; ``val_path`` and ``val_split`` exclude each other."""
     values = read_section(DataSection, raw, "data", ctx)
-    values["train_path"] = _data_path("data.train_path", values["train_path"], ctx)
+    if "train_path" in values:
+        values["train_path"] = _data_path("data.train_path", values["train_path"], ctx)
     if values.get("val_path") is not None:
         if values.get("val_split") is not None:
-            raise ctx.error("data.val_split", "cannot be used with data.val_path; keep one of the two", "data.val_path")
+            ctx.report("data.val_split", "cannot be used with data.val_path; keep one of the two", "data.val_path")
         values["val_path"] = _data_path("data.val_path", values["val_path"], ctx)
-    return DataSection(**values)
+    return values
 
 
 def _only_for(
     values: dict[str, Any], key: str, section: str, selector: str, allowed: tuple[str, ...], ctx: Context
 ) -> None:
-    """Reject `key` set (non-null) when the section's `selector` key (``name``, ``format``) is not in `allowed`."""
+    """Report `key` set (non-null) when the section's valid `selector` (``name``, ``format``) is not in `allowed`."""
     chosen = values[selector]
-    if values.get(key) is not None and chosen not in allowed:
-        raise ctx.error(
+    if values.get(key) is not None and chosen not in allowed and ctx.ok(f"{section}.{selector}"):
+        ctx.report(
             f"{section}.{key}",
             f"applies to {section}.{selector} {' or '.join(allowed)} only, not {chosen}; remove it",
             f"{section}.{selector}",
@@ -112,7 +120,7 @@ def _default(values: dict[str, Any], key: str, value: object) -> None:
         values[key] = value
 
 
-def build_optimizer(raw: object, has_lora: bool, ctx: Context) -> OptimizerSection:
+def build_optimizer(raw: object, has_lora: bool, ctx: Context) -> Values:
     """``optimizer:``: Adam-family keys vs ``momentum``; fill their defaults; LoRA+ needs LoRA."""
     values = read_section(OptimizerSection, raw, "optimizer", ctx)
     name = values.setdefault("name", OptimizerSection.name)
@@ -125,11 +133,11 @@ def build_optimizer(raw: object, has_lora: bool, ctx: Context) -> OptimizerSecti
         _default(values, "betas", (0.9, 0.999))
         _default(values, "eps", 1e-8)
     if values.get("loraplus_lr_ratio") is not None and not has_lora:
-        raise ctx.error("optimizer.loraplus_lr_ratio", "LoRA+ needs a lora section; add lora: or remove this key")
-    return OptimizerSection(**values)
+        ctx.report("optimizer.loraplus_lr_ratio", "LoRA+ needs a lora section; add lora: or remove this key")
+    return values
 
 
-def build_scheduler(raw: object, max_steps: int | None, ctx: Context) -> SchedulerSection:
+def build_scheduler(raw: object, max_steps: int | None, ctx: Context) -> Values:
     """``scheduler:``: keys of one schedule only; ``step`` needs ``step_size``; warmup fits the run."""
     values = read_section(SchedulerSection, raw, "scheduler", ctx)
     name = values.setdefault("name", SchedulerSection.name)
@@ -137,67 +145,71 @@ def build_scheduler(raw: object, max_steps: int | None, ctx: Context) -> Schedul
     _only_for(values, "min_lr_ratio", "scheduler", "name", DECAYING_SCHEDULERS, ctx)
     _only_for(values, "step_size", "scheduler", "name", ("step",), ctx)
     _only_for(values, "gamma", "scheduler", "name", ("step",), ctx)
+    if not ctx.ok("scheduler.name"):
+        return values  # every rule below depends on the schedule
+    warmup_ok = ctx.ok("scheduler.warmup_steps")
     if name in DECAYING_SCHEDULERS:
         _default(values, "min_lr_ratio", 0.1)
-        if max_steps is not None and warmup >= max_steps:
-            raise ctx.error(
+        if max_steps is not None and warmup_ok and warmup >= max_steps:
+            ctx.report(
                 "scheduler.warmup_steps",
                 f"{warmup} must be below training.max_steps ({max_steps}) for a {name} schedule; lower it",
                 "training.max_steps",
             )
     if name == "step":
-        if values.get("step_size") is None:
-            raise ctx.error("scheduler.step_size", "required when scheduler.name is step (steps between decays)")
+        if values.get("step_size") is None and ctx.ok("scheduler.step_size"):
+            ctx.report("scheduler.step_size", "required when scheduler.name is step (steps between decays)")
         _default(values, "gamma", 0.1)
-    if name == "inverse_sqrt" and warmup == 0:
-        raise ctx.error("scheduler.warmup_steps", "inverse_sqrt needs warmup_steps > 0 (lr = sqrt(warmup / step))")
-    return SchedulerSection(**values)
+    if name == "inverse_sqrt" and warmup == 0 and warmup_ok:
+        ctx.report("scheduler.warmup_steps", "inverse_sqrt needs warmup_steps > 0 (lr = sqrt(warmup / step))")
+    return values
 
 
-def build_quantize(raw: object, has_lora: bool, ctx: Context) -> QuantizeSection:
+def build_quantize(raw: object, has_lora: bool, ctx: Context) -> Values:
     """``quantize:``: needs LoRA; ``type`` agrees with ``bits``; ``double_quant`` is for nf4 only."""
     if not has_lora:
-        raise ctx.error("quantize", "QLoRA trains LoRA adapters on a quantized base; add a lora section or drop this")
+        ctx.report("quantize", "QLoRA trains LoRA adapters on a quantized base; add a lora section or drop this")
+        return {}
     values = read_section(QuantizeSection, raw, "quantize", ctx)
     bits = values.setdefault("bits", QuantizeSection.bits)
     kind = values.setdefault("type", _QUANT_TYPE_FOR_BITS[bits])
-    if kind != _QUANT_TYPE_FOR_BITS[bits]:
-        raise ctx.error(
+    if kind != _QUANT_TYPE_FOR_BITS[bits] and ctx.ok("quantize.bits"):
+        ctx.report(
             "quantize.type",
             f"{kind} does not store {bits}-bit weights; use {_QUANT_TYPE_FOR_BITS[bits]} or change quantize.bits",
             "quantize.bits",
         )
-    if values.get("double_quant") and kind != "nf4":
-        raise ctx.error("quantize.double_quant", f"applies to nf4 only, not {kind}; remove it", "quantize.type")
+    if values.get("double_quant") and kind != "nf4" and ctx.ok("quantize.type"):
+        ctx.report("quantize.double_quant", f"applies to nf4 only, not {kind}; remove it", "quantize.type")
     values.setdefault("double_quant", kind == "nf4")
-    return QuantizeSection(**values)
+    return values
 
 
-def build_training(raw: object, has_val: bool, ctx: Context) -> TrainingSection:
+def build_training(raw: object, has_val: bool, ctx: Context) -> Values:
     """``training:``: resolve ``output_dir``; early stopping needs validation data."""
     values = read_section(TrainingSection, raw, "training", ctx)
-    output = absolute_path(values.get("output_dir", TrainingSection.output_dir), ctx)
-    if os.path.isfile(output):
-        raise ctx.error("training.output_dir", f"{output} is a file; choose a folder")
-    values["output_dir"] = output
+    if ctx.ok("training.output_dir"):
+        output = absolute_path(values.get("output_dir", TrainingSection.output_dir), ctx)
+        if os.path.isfile(output):
+            ctx.report("training.output_dir", f"{output} is a file; choose a folder")
+        values["output_dir"] = output
     if values.get("early_stopping_patience") is not None and not has_val:
-        raise ctx.error(
-            "training.early_stopping_patience", "needs validation data; set data.val_path or data.val_split"
-        )
-    return TrainingSection(**values)
+        ctx.report("training.early_stopping_patience", "needs validation data; set data.val_path or data.val_split")
+    return values
 
 
-def build_publish(raw: object, has_lora: bool, ctx: Context) -> PublishSection:
+def build_publish(raw: object, has_lora: bool, ctx: Context) -> Values:
     """``publish:``: repo id by the Hub's rules, adapter merging, GGUF type, endpoint URL."""
     from aprender.hub.repo_id import validate_repo_id
 
     values = read_section(PublishSection, raw, "publish", ctx)
-    try:
-        validate_repo_id(values["repo"])
-    except InvalidRepoIdError as exc:
-        raise ctx.error("publish.repo", str(exc)) from exc
+    if "repo" in values:
+        try:
+            validate_repo_id(values["repo"])
+        except InvalidRepoIdError as exc:
+            ctx.report("publish.repo", str(exc))
     if not has_lora and values.get("merge_adapters") is not None:
-        raise ctx.error("publish.merge_adapters", "applies to LoRA/QLoRA runs only (there is no lora section)")
+        ctx.report("publish.merge_adapters", "applies to LoRA/QLoRA runs only (there is no lora section)")
     if has_lora:
         _default(values, "merge_adapters", True)
     fmt = values.setdefault("format", PublishSection.format)
@@ -205,21 +217,22 @@ def build_publish(raw: object, has_lora: bool, ctx: Context) -> PublishSection:
     if fmt == "gguf":
         _default(values, "gguf_type", "f16")
         if values.get("merge_adapters") is False:
-            raise ctx.error("publish.format", "gguf needs merged weights; set publish.merge_adapters: true")
+            ctx.report("publish.format", "gguf needs merged weights; set publish.merge_adapters: true")
     if values.get("endpoint") is not None:
         _check_endpoint(values["endpoint"], ctx)
-    return PublishSection(**values)
+    return values
 
 
 def _check_endpoint(url: str, ctx: Context) -> None:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ctx.error("publish.endpoint", f"{url!r} is not a URL ({exc})") from exc
+        ctx.report("publish.endpoint", f"{url!r} is not a URL ({exc})")
+        return
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ctx.error("publish.endpoint", f"{url!r} is not an http:// or https:// URL like https://huggingface.co")
+        ctx.report("publish.endpoint", f"{url!r} is not an http:// or https:// URL like https://huggingface.co")
 
 
-def build_lora(raw: object, ctx: Context) -> LoraSection:
+def build_lora(raw: object, ctx: Context) -> Values:
     """``lora:``: the generic checks cover every key."""
-    return LoraSection(**read_section(LoraSection, raw, "lora", ctx))
+    return read_section(LoraSection, raw, "lora", ctx)

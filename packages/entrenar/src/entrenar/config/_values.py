@@ -1,7 +1,8 @@
 """Generic checks driven by each field's `Spec`: unknown and missing keys, types, choices and ranges.
 
-Every failure is a one-line `ConfigError` built by `Context.error`:
-``<source>: <key path>: <what is wrong>[; what to do][ (from the command line)]``.
+Every problem is one line built by `Context.error`:
+``<source>: <key path>: <what is wrong>[; what to do][ (from the command line)]``. The checks record
+problems in the `Context` and go on, so one pass finds them all; the loader raises them together.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Collection
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from entrenar.config.schema import ALL_LINEAR, Spec
@@ -34,17 +35,33 @@ class Context:
         source: Label that starts each message (the config file as the user named it, or ``<dict>``).
         base_dir: Absolute folder that relative paths are resolved against.
         from_cli: Key paths set by command-line overrides; errors at, under or above them say so.
+        problems: ``(key path, message line)`` of every problem found so far, in the order found.
     """
 
     source: str
     base_dir: str
     from_cli: Collection[str] = ()
+    problems: list[tuple[str, str]] = field(default_factory=list)
 
     def error(self, path: str, message: str, *related: str) -> ConfigError:
         """A `ConfigError` for `path` (also marked as from the command line when a `related` path was)."""
         suffix = " (from the command line)" if any(self._from_cli(p) for p in (path, *related)) else ""
         where = f"{path}: " if path else ""
         return config_error(f"{self.source}: {where}{message}{suffix}")
+
+    def report(self, path: str, message: str, *related: str) -> None:
+        """Record a problem at `path` (see `error`) and go on checking."""
+        self.record(path, self.error(path, message, *related))
+
+    def record(self, path: str, error: ConfigError) -> None:
+        """Record an error raised while checking the key at `path`."""
+        self.problems.append((path, str(error)))
+
+    def ok(self, *paths: str) -> bool:
+        """No problem was recorded at any of `paths` or under it: rules that combine keys run only on valid keys."""
+        return not any(
+            found == path or found.startswith((path + ".", path + "[")) for found, _ in self.problems for path in paths
+        )
 
     def _from_cli(self, path: str) -> bool:
         """`path` was set by an override, lies under one, or holds one (``lorra`` for ``lorra.rank=4``)."""
@@ -81,19 +98,18 @@ def join_path(parent: str, key: object) -> str:
 
 
 def check_keys(raw: dict[Any, Any], valid: list[str], required: list[str], path: str, ctx: Context) -> None:
-    """Reject keys not in `valid` (suggesting the closest) and report the first missing required key.
+    """Report every key not in `valid` (suggesting the closest) and every missing required key.
 
-    Raises:
-        ConfigError: ``<path>.<key>: unknown key; did you mean <close>?`` or ``missing required key``.
+    Problems: ``<path>.<key>: unknown key; did you mean <close>?`` or ``missing required key``.
     """
     for key in raw:
         if key not in valid:
             close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f"did you mean {close[0]}?" if close else f"valid keys: {', '.join(valid)}"
-            raise ctx.error(join_path(path, key), f"unknown key; {hint}")
+            ctx.report(join_path(path, key), f"unknown key; {hint}")
     for key in required:
         if key not in raw:
-            raise ctx.error(join_path(path, key), "missing required key")
+            ctx.report(join_path(path, key), "missing required key")
 
 
 def read_section(cls: type, raw: object, path: str, ctx: Context) -> dict[str, Any]:
@@ -106,19 +122,27 @@ def read_section(cls: type, raw: object, path: str, ctx: Context) -> dict[str, A
         ctx: Error context.
 
     Returns:
-        The converted values of the keys present (absent keys are left for the caller's defaults).
-
-    Raises:
-        ConfigError: The section is not a mapping, or a key is unknown, missing or invalid.
+        The converted values of the valid keys present: absent keys are left for the caller's defaults,
+        invalid ones are left out and their problems recorded in `ctx` (a section that is not a mapping,
+        unknown, missing or invalid keys).
     """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ctx.error(path, f"expected a mapping of keys, got {describe(raw)}")
+        ctx.report(path, f"expected a mapping of keys, got {describe(raw)}")
+        return {}
     specs = {f.name: f.metadata["spec"] for f in fields(cls) if "spec" in f.metadata}
     required = [f.name for f in fields(cls) if "spec" in f.metadata and f.default is MISSING]
     check_keys(raw, list(specs), required, path, ctx)
-    return {key: convert(value, specs[key], join_path(path, key), ctx) for key, value in raw.items()}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in specs:
+            key_path = join_path(path, key)
+            try:
+                values[key] = convert(value, specs[key], key_path, ctx)
+            except ConfigError as exc:
+                ctx.record(key_path, exc)
+    return values
 
 
 def convert(value: object, spec: Spec, path: str, ctx: Context) -> Any:

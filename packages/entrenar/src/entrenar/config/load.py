@@ -1,8 +1,10 @@
 """Read a YAML training config, apply command-line overrides and validate it into a `TrainConfig`.
 
 The YAML dialect is `entrenar.config._yaml.ConfigLoader` (``lr: 2e-4`` is a float, duplicate keys are
-errors). Every problem becomes one `ConfigError` line that names the file and the key path (or
-``file:line:column`` for syntax errors).
+errors). Every problem becomes one line that names the file and the key path (or ``file:line:column``
+for syntax errors). A file that cannot be read or parsed is one problem; otherwise every key is
+checked and one `ConfigError` reports all the problems found, malformed overrides first, then in
+the order of the document (at most `MAX_REPORTED` lines, then how many more there are).
 """
 
 from __future__ import annotations
@@ -16,12 +18,24 @@ from entrenar.config import _sections as sections
 from entrenar.config._values import Context, check_keys, config_error, describe
 from entrenar.config._yaml import parse_yaml
 from entrenar.config.overrides import apply_overrides
-from entrenar.config.schema import TrainConfig
+from entrenar.config.schema import (
+    DataSection,
+    LoraSection,
+    ModelSection,
+    OptimizerSection,
+    PublishSection,
+    QuantizeSection,
+    SchedulerSection,
+    TrainConfig,
+    TrainingSection,
+)
+from entrenar.errors import ConfigError
 
-__all__ = ["config_from_mapping", "load_config", "parse_yaml"]
+__all__ = ["MAX_REPORTED", "config_from_mapping", "load_config", "parse_yaml"]
 
 SECTIONS = ("model", "data", "optimizer", "scheduler", "lora", "quantize", "training", "publish")
 _REQUIRED = ("model", "data")
+MAX_REPORTED = 20  # problems listed in one error; the rest are counted
 
 
 def _read_text(path: Path, source: str) -> str:
@@ -52,8 +66,9 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         The validated config.
 
     Raises:
-        ConfigError: The file is missing, unreadable, empty, not YAML, not a mapping, or fails validation;
-            errors caused by an override end with ``(from the command line)``.
+        ConfigError: The file is missing, unreadable, empty, not YAML or not a mapping (one line); or the
+            problems of the overrides and the keys, one line each; lines caused by an override end with
+            ``(from the command line)``.
     """
     file = Path(path)
     source = str(path)
@@ -62,8 +77,10 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         raise config_error(f"{source}: the file is empty; it needs at least model.path and data.train_path")
     if not isinstance(data, dict):
         raise config_error(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {describe(data)}")
-    data, from_cli = apply_overrides(data, overrides, source)
-    return config_from_mapping(data, source=source, base_dir=str(file.parent), from_cli=from_cli)
+    data, from_cli, malformed = apply_overrides(data, overrides, source)
+    ctx = _context(source, str(file.parent), from_cli)
+    ctx.problems.extend(("", line) for line in malformed)  # no key path: they come first
+    return _validate(data, ctx)
 
 
 def config_from_mapping(
@@ -81,35 +98,84 @@ def config_from_mapping(
         The validated config.
 
     Raises:
-        ConfigError: The first problem, in section order.
+        ConfigError: Every problem found, one line each (see `load_config`).
     """
-    ctx = Context(source, os.path.abspath(base_dir if base_dir is not None else os.getcwd()), tuple(from_cli))
+    return _validate(data, _context(source, base_dir, from_cli))
+
+
+def _context(source: str, base_dir: str | None, from_cli: Sequence[str]) -> Context:
+    return Context(source, os.path.abspath(base_dir if base_dir is not None else os.getcwd()), tuple(from_cli))
+
+
+def _validate(data: object, ctx: Context) -> TrainConfig:
     if not isinstance(data, dict):
         raise ctx.error("", f"expected a mapping of sections ({', '.join(SECTIONS)}), got {describe(data)}")
     check_keys(data, list(SECTIONS), [], "", ctx)
     for name in _REQUIRED:
         if data.get(name) is None:
-            key = "path" if name == "model" else "train_path"
-            raise ctx.error(f"{name}.{key}", "missing required key")
-    return _build(data, ctx)
+            ctx.report(f"{name}.{'path' if name == 'model' else 'train_path'}", "missing required key")
+    cfg = _build(data, ctx)
+    if cfg is None:
+        raise _problems_error(data, ctx)
+    return cfg
 
 
-def _build(data: dict[Any, Any], ctx: Context) -> TrainConfig:
-    """The sections in dependency order (later rules need facts from earlier sections)."""
-    model = sections.build_model(data["model"], ctx)
-    dataset = sections.build_data(data["data"], ctx)
-    has_val = dataset.val_path is not None or dataset.val_split is not None
+def _build(data: dict[Any, Any], ctx: Context) -> TrainConfig | None:
+    """Check the sections in dependency order (later rules need facts from earlier ones); None after any problem.
+
+    The facts other sections depend on come from what the file says, so a broken section does not make
+    its neighbours report follow-up errors.
+    """
+    raw_data = data.get("data")
+    if isinstance(raw_data, dict):
+        has_val = raw_data.get("val_path") is not None or raw_data.get("val_split") is not None
+    else:
+        has_val = raw_data is not None  # a data section that is not a mapping: do not blame early stopping on it
+    has_lora = data.get("lora") is not None
+    model = sections.build_model(data["model"], ctx) if data.get("model") is not None else {}
+    dataset = sections.build_data(raw_data, ctx) if raw_data is not None else {}
     training = sections.build_training(data.get("training"), has_val, ctx)
-    lora = sections.build_lora(data["lora"], ctx) if data.get("lora") is not None else None
-    has_lora = lora is not None
+    lora = sections.build_lora(data["lora"], ctx) if has_lora else None
     quantize = sections.build_quantize(data["quantize"], has_lora, ctx) if data.get("quantize") is not None else None
+    optimizer = sections.build_optimizer(data.get("optimizer"), has_lora, ctx)
+    scheduler = sections.build_scheduler(data.get("scheduler"), training.get("max_steps"), ctx)
+    publish = sections.build_publish(data["publish"], has_lora, ctx) if data.get("publish") is not None else None
+    if ctx.problems:
+        return None
     return TrainConfig(
-        model=model,
-        data=dataset,
-        optimizer=sections.build_optimizer(data.get("optimizer"), has_lora, ctx),
-        scheduler=sections.build_scheduler(data.get("scheduler"), training.max_steps, ctx),
-        lora=lora,
-        quantize=quantize,
-        training=training,
-        publish=sections.build_publish(data["publish"], has_lora, ctx) if data.get("publish") is not None else None,
+        model=ModelSection(**model),
+        data=DataSection(**dataset),
+        optimizer=OptimizerSection(**optimizer),
+        scheduler=SchedulerSection(**scheduler),
+        lora=LoraSection(**lora) if lora is not None else None,
+        quantize=QuantizeSection(**quantize) if quantize is not None else None,
+        training=TrainingSection(**training),
+        publish=PublishSection(**publish) if publish is not None else None,
     )
+
+
+def _problems_error(data: dict[Any, Any], ctx: Context) -> ConfigError:
+    """One `ConfigError` with a line per problem, in document order, at most `MAX_REPORTED` of them."""
+    lines = [line for _, line in sorted(ctx.problems, key=lambda problem: _position(data, problem[0]))]
+    if len(lines) > MAX_REPORTED:
+        lines = [*lines[:MAX_REPORTED], f"... and {len(lines) - MAX_REPORTED} more errors in {ctx.source}"]
+    return ConfigError("\n".join(lines))
+
+
+def _position(data: dict[Any, Any], path: str) -> tuple[int, ...]:
+    """Where key `path` (``lora.rank``, ``optimizer.betas[1]``) sits in the mapping: its index level by level.
+
+    A key the mapping lacks (a missing required key) sorts after its siblings; ``""`` sorts first.
+    """
+    position: list[int] = []
+    node: object = data
+    for part in path.split(".") if path else []:
+        if not isinstance(node, dict):
+            break
+        keys = [str(key) for key in node]
+        name = part.split("[")[0]
+        if name not in keys:
+            return (*position, len(keys))
+        position.append(keys.index(name))
+        node = list(node.values())[position[-1]]
+    return tuple(position)

@@ -7,9 +7,9 @@ checks (and messages) a key in the file gets, marked ``(from the command line)``
 the way are created (``quantize.bits=4`` on a LoRA config turns it into QLoRA).
 
 Example:
-    >>> data, keys = apply_overrides({"training": {"epochs": 3}}, ["training.max_steps=10"], "config.yaml")
-    >>> data["training"], keys
-    ({'epochs': 3, 'max_steps': 10}, ['training.max_steps'])
+    >>> data, keys, problems = apply_overrides({"training": {"epochs": 3}}, ["training.max_steps=10"], "config.yaml")
+    >>> data["training"], keys, problems
+    ({'epochs': 3, 'max_steps': 10}, ['training.max_steps'], [])
 """
 
 from __future__ import annotations
@@ -56,8 +56,10 @@ def parse_override(text: str, source: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def apply_overrides(data: dict[Any, Any], overrides: Sequence[str], source: str) -> tuple[dict[Any, Any], list[str]]:
-    """Apply overrides, in order, to a copy of `data`.
+def apply_overrides(
+    data: dict[Any, Any], overrides: Sequence[str], source: str
+) -> tuple[dict[Any, Any], list[str], list[str]]:
+    """Apply overrides, in order, to a copy of `data`; skip (and describe) the malformed ones.
 
     Args:
         data: The mapping parsed from the config file (left unchanged).
@@ -65,28 +67,37 @@ def apply_overrides(data: dict[Any, Any], overrides: Sequence[str], source: str)
         source: The config file's label, for messages.
 
     Returns:
-        The new mapping and the dotted key paths that were set (for ``(from the command line)`` marks).
-
-    Raises:
-        ConfigError: A malformed override (see `parse_override`), or a key path that runs through a value
-            that is not a section (``training.epochs.x=1``).
+        The new mapping; the dotted key paths that were set (for ``(from the command line)`` marks); and
+        one error line per override that was skipped: malformed (see `parse_override`), or a key path
+        that runs through a value that is not a section (``training.epochs.x=1``).
     """
     result = copy.deepcopy(data)
     keys: list[str] = []
+    problems: list[str] = []
     for text in overrides:
-        parts, value = parse_override(text, source)
-        node = result
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                where = ".".join(parts[: depth + 1])
-                raise config_error(
-                    f"{source}: {'.'.join(parts)}: {where} is {describe(child)}, not a section; "
-                    f"set {where}=... instead{_CLI}"
-                )
-            node = child
+        try:
+            parts, value = parse_override(text, source)
+            node = _parent(result, parts, source)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
         node[parts[-1]] = value
         keys.append(".".join(parts))
-    return result, keys
+    return result, keys, problems
+
+
+def _parent(data: dict[Any, Any], parts: list[str], source: str) -> dict[Any, Any]:
+    """The mapping that holds key ``parts[-1]``; missing sections on the way are created."""
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise config_error(
+                f"{source}: {'.'.join(parts)}: {where} is {describe(child)}, not a section; "
+                f"set {where}=... instead{_CLI}"
+            )
+        node = child
+    return node

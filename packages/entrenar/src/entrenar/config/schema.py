@@ -335,7 +335,7 @@ class TrainConfig:
             The validated config with defaults filled and absolute local paths.
 
         Raises:
-            ConfigError: The first problem found, naming `source` and the key path.
+            ConfigError: Every problem found, one line each naming `source` and the key path.
         """
         from entrenar.config.load import config_from_mapping  # load.py imports this module
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from aprender.errors import HubUnreachableError
 from aprender.hub import HubServer, whoami
 from aprender.hub import server as server_module
 
@@ -37,9 +36,7 @@ def test_subprocess_serves_with_users_and_faults(tmp_path: Path) -> None:
         line = proc.stdout.readline()
         assert line.startswith("serving on http://127.0.0.1:"), line
         url = line.split()[-1]
-        with pytest.raises(HubUnreachableError, match="500"):  # the injected fault
-            whoami(token="tok-b", endpoint=url)
-        assert whoami(token="tok-b", endpoint=url) == "bob"
+        assert whoami(token="tok-b", endpoint=url) == "bob"  # the injected 500 (in the log below) is retried
         assert (tmp_path / "data" / "repos").is_dir()
     finally:
         proc.terminate()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +18,7 @@ import pytest
 from aprender.hub import Fault
 from aprender.hub.repo_id import RepoId
 from entrenar import cli as cli_module
+from fixtures.cli import run_cli
 
 
 def _load_hub_helpers() -> ModuleType:
@@ -159,6 +163,68 @@ def test_user_errors_are_one_line_with_exit_2(
     assert (
         capsys.readouterr().err.splitlines()[-1].startswith("error: publishing to alice/x needs a Hugging Face token")
     )
+
+
+def _empty_folder(tmp_path: Path, lora_output: Any) -> str:
+    (tmp_path / "empty").mkdir()
+    return str(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    ("make", "options", "message"),
+    [
+        (lambda tmp, run: str(tmp / "missing"), [], "{folder}: no such folder; pass the training output folder"),
+        (_empty_folder, [], "{folder}: holds neither an adapter (adapter_config.json + adapter_model.safetensors)"),
+        (
+            lambda tmp, run: str(run.output),
+            ["--format", "gguf", "--no-merge-adapters"],
+            "--format gguf needs merged weights; drop --no-merge-adapters or publish safetensors",
+        ),
+    ],
+    ids=["missing folder", "empty folder", "gguf without merging"],
+)
+def test_local_mistakes_are_reported_before_the_network(
+    make: Any,
+    options: list[str],
+    message: str,
+    lora_output: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_some_token")  # HF_ENDPOINT (tests/conftest.py) refuses connections
+    folder = make(tmp_path, lora_output)
+    code, out, err = run_cli(capsys, "publish", folder, "--repo", "alice/x", *options)
+    assert (code, out) == (2, "")
+    lines = err.splitlines()
+    assert lines[0] == "Hub token: token from the HF_TOKEN environment variable"
+    assert len(lines) == 2 and lines[1].startswith("error: " + message.format(folder=folder)), err
+
+
+def test_a_failing_upload_ends_in_one_line(lora_output: Any, local_hub: Any, tmp_path: Path) -> None:
+    """The console entry point in a child process, so that huggingface_hub's logging and progress bars reach
+    its real stderr; its waits between retries are skipped (sitecustomize), the retries themselves are not."""
+    fault = local_hub.server.faults.add(Fault("error", path="^/lfs/", method="PUT", times=None))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import time\n\ntime.sleep = lambda seconds: None\n", encoding="utf-8")
+    token = local_hub.tokens["alice"]
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "HF_TOKEN": token, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    args = ["publish", str(lora_output.output), "--repo", "alice/failing", "--no-merge-adapters", "--no-model-card"]
+    done = subprocess.run(
+        [sys.executable, "-m", "entrenar.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    oid = hashlib.sha256((lora_output.output / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "Hub token: token from the HF_TOKEN environment variable",
+        f"error: upload to alice/failing@main on {local_hub.url}: the server kept failing (500 on PUT "
+        f"/lfs/alice/failing/{oid}: injected fault: internal server error) after 4 attempts; retry later or "
+        "check the server",
+    ]
+    assert "sig=" not in done.stderr and token not in done.stderr
+    assert fault.fired >= 4  # every attempt reached the upload
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,9 +177,18 @@ def test_gguf_type_needs_gguf_format(lora_output: Any) -> None:
         publish(lora_output.output, "alice/x", gguf_type="q8_0", dry_run=True)
 
 
-def test_preflight_runs_before_any_export(local_hub: Any, tmp_path: Path) -> None:
-    with pytest.raises(HubTokenMissingError):  # the folder is not even looked at
+def test_local_checks_run_before_the_preflight_and_the_preflight_before_any_export(
+    local_hub: Any, lora_output: Any, tmp_path: Path
+) -> None:
+    with pytest.raises(PublishError, match="does-not-exist: no such folder"):  # no token either: the folder comes first
         publish(tmp_path / "does-not-exist", "alice/x")
+    with pytest.raises(PublishError, match="--format gguf needs merged weights"):
+        publish(lora_output.output, "alice/x", fmt="gguf", merge_adapters=False)
+    output = Path(shutil.copytree(lora_output.output, tmp_path / "output"))
+    config = (output / "adapter_config.json").read_text().replace(str(lora_output.base), "/gone/base")
+    (output / "adapter_config.json").write_text(config, encoding="utf-8")
+    with pytest.raises(HubTokenMissingError):  # merging would fail on the missing base, but that comes later
+        publish(output, "alice/x")
 
 
 # ----------------------------------------------------------------------------------------------- token
@@ -245,15 +255,35 @@ def test_preflight_rejected_token(local_hub: Any) -> None:
         preflight("alice/m", token="hf_not_a_real_token")
 
 
-def test_preflight_unreachable_endpoint(local_hub: Any) -> None:
-    with pytest.raises(HubUnreachableError, match=r"cannot reach the server .*--endpoint"):
+def test_preflight_unreachable_endpoint(local_hub: Any, backoff_waits: list[float]) -> None:
+    expected = (
+        r"on http://127.0.0.1:9: cannot reach the server .* after 4 attempts; check the endpoint and the network$"
+    )
+    with pytest.raises(HubUnreachableError, match=expected):
         preflight("alice/m", endpoint="http://127.0.0.1:9", token=local_hub.tokens["alice"])
 
 
-def test_preflight_server_error(alice: Any) -> None:
-    alice.server.faults.add(Fault("error", path="/api/whoami-v2", times=None))
-    with pytest.raises(HubError, match=r"the server refused the request \(500\)"):
+def test_preflight_server_error(alice: Any, backoff_waits: list[float]) -> None:
+    fault = alice.server.faults.add(Fault("error", path="/api/whoami-v2", times=None))
+    with pytest.raises(HubUnreachableError, match=r"kept failing \(500 on GET /api/whoami-v2: .*\) after 4 attempts"):
         preflight("alice/m")
+    assert fault.fired == 4 and backoff_waits == [1.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize("kind", ["error", "cut"])
+def test_a_blip_on_the_token_check_does_not_fail_the_publish(
+    alice: Any, lora_output: Any, kind: str, backoff_waits: list[float]
+) -> None:
+    fault = alice.server.faults.add(Fault(kind, path="^/api/whoami-v2$"))  # type: ignore[arg-type]
+    result = publish(lora_output.output, f"alice/blip-{kind}", merge_adapters=False, model_card=False)
+    assert result.commit_url is not None and alice.server.store.exists(RepoId.parse(f"alice/blip-{kind}"))
+    assert fault.fired == 1 and backoff_waits == [1.0]
+
+
+def test_a_blip_on_the_private_repo_check_is_retried(alice: Any, backoff_waits: list[float]) -> None:
+    fault = alice.server.faults.add(Fault("cut", path="^/api/models/alice/m$"))
+    assert preflight("alice/m", private=True).user == "alice"
+    assert fault.fired == 1 and backoff_waits == [1.0]
 
 
 def test_preflight_invalid_repo_id(alice: Any) -> None:

@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console
 
 from aprender.errors import HubPermissionError
+from aprender.hub import Fault
 from aprender.hub.repo_id import RepoId
 from entrenar.config import load_config
 from entrenar.train import dry_run, run_training
@@ -93,3 +94,15 @@ def test_access_is_checked_before_training(alice: LocalHub, tiny_checkpoints: di
         with pytest.raises(HubPermissionError, match="bob"):
             action(load_config(config), console=Console(file=io.StringIO()))
     assert not (tmp_path / "out").exists()  # nothing was trained or written
+
+
+@pytest.mark.parametrize("kind", ["error", "cut"])
+def test_a_blip_on_the_token_check_before_training_is_retried(
+    alice: LocalHub, tiny_checkpoints: dict[str, Path], tmp_path: Path, kind: str, backoff_waits: list[float]
+) -> None:
+    fault = alice.server.faults.add(Fault(kind, path="^/api/whoami-v2$"))  # type: ignore[arg-type]
+    config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"], publish={"repo": "alice/blip"})
+    console = Console(file=io.StringIO())
+    dry_run(load_config(config), console=console)
+    assert fault.fired == 1 and backoff_waits == [1.0]
+    assert "will publish to alice/blip as alice" in console.file.getvalue()  # type: ignore[attr-defined]

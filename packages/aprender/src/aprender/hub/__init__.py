@@ -1,7 +1,8 @@
 """The Hugging Face Hub: a client built on ``huggingface_hub`` and a local Hub-compatible server.
 
 Client: `download` (snapshot into the standard HF cache), `fetch_config` (only ``config.json``),
-`upload_folder` (one commit, LFS for large files, retries), `whoami`; repo ids validated by
+`upload_folder` (one commit, LFS for large files, retries), and the checks before an upload, retried
+the same way: `whoami` / `account_info` (who the token belongs to) and `repo_is_private`; repo ids validated by
 `validate_repo_id`; tokens found by `resolve_token` (explicit, ``HF_TOKEN``,
 ``HUGGING_FACE_HUB_TOKEN``, ``$HF_HOME/token``) and described without revealing them by
 `describe_token_source`. Server: `HubServer` with `Fault`/`FaultPlan` (also
@@ -14,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from aprender.hub.client import download, fetch_config, upload_folder, whoami
+from aprender.hub.client import account_info, download, fetch_config, repo_is_private, upload_folder, whoami
 from aprender.hub.repo_id import RepoId, validate_repo_id
 from aprender.hub.settings import HubSettings
 from aprender.hub.token import HubToken, describe_token_source, resolve_token
@@ -32,9 +33,11 @@ __all__ = [
     "HubSettings",
     "HubToken",
     "RepoId",
+    "account_info",
     "describe_token_source",
     "download",
     "fetch_config",
+    "repo_is_private",
     "resolve_token",
     "upload_folder",
     "validate_repo_id",

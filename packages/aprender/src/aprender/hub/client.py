@@ -1,4 +1,4 @@
-"""The Hugging Face Hub client: download to the standard cache, fetch a config, upload a folder.
+"""The Hugging Face Hub client: download to the standard cache, fetch a config, upload a folder, check a token.
 
 Built on ``huggingface_hub`` (``HfApi``, ``snapshot_download``, ``hf_hub_download``), with:
 
@@ -10,15 +10,24 @@ Built on ``huggingface_hub`` (``HfApi``, ``snapshot_download``, ``hf_hub_downloa
 - uploads in one commit, large files through the LFS batch API (Xet is disabled for the call),
   retried as a whole on transient failures (5xx, 408, 429, dropped or refused connections) with
   exponential backoff; a retry after a commit whose answer was lost is a no-op, because the
-  client skips files whose remote oid already matches;
-- library exceptions mapped to `aprender.errors` classes with a one-line message that says what to do.
+  client skips files whose remote oid already matches. The checks before an upload (`whoami`,
+  `account_info`, `repo_is_private`) are retried the same way;
+- the library kept quiet during a call: its per-request retry warnings (which print signed upload
+  URLs) are hidden, and so are its progress bars when stderr is not a terminal; our retries log at
+  INFO, and the outcome is our exception;
+- library exceptions mapped to `aprender.errors` classes with a one-line message that says what to do
+  (URLs in it lose their query strings, where signatures live).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +42,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import disable_progress_bars
 
 from aprender import __version__
 from aprender.errors import (
@@ -50,10 +60,14 @@ from aprender.hub.repo_id import validate_repo_id
 from aprender.hub.settings import HubSettings, library_flags
 from aprender.hub.token import HubToken, describe_token_source, resolve_token
 
-__all__ = ["download", "fetch_config", "upload_folder", "whoami"]
+__all__ = ["account_info", "download", "fetch_config", "repo_is_private", "upload_folder", "whoami"]
 
 _T = TypeVar("_T")
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_ATTEMPTS = 4  # tries in all for the calls that retry (uploads and the checks before them)
+_BACKOFF_S = 1.0  # wait before the 2nd try; doubles after each try
+_URL_QUERY = re.compile(r"(https?://[^\s?#'\"]*)[?#][^\s'\"]*")
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,8 @@ class _Context:
     token: HubToken | None
     revision: str | None = None
     attempts: int = 1
+    backoff_s: float = _BACKOFF_S
+    reads_cache: bool = False  # the HF cache can answer instead (downloads)
 
     @property
     def where(self) -> str:
@@ -115,9 +131,22 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
+def _one_line(text: str) -> str:
+    """`text` on one line, without URL query strings (signed URLs carry their signature there)."""
+    return _URL_QUERY.sub(r"\1", " ".join(text.split()))
+
+
 def _server_message(exc: HfHubHTTPError) -> str:
-    text = exc.server_message or str(exc).split("\n")[0]
-    return " ".join(text.split())
+    return _one_line(exc.server_message or str(exc).split("\n")[0])
+
+
+def _request_line(exc: HfHubHTTPError) -> str:
+    """`` on GET /path`` for the failed request (its path: no query string), or ``""`` when there is none."""
+    try:
+        request = exc.response.request
+    except RuntimeError:  # a response built by hand has no request
+        return ""
+    return f" on {request.method} {request.url.path}"
 
 
 def _http_error(exc: HfHubHTTPError, ctx: _Context) -> HubError:
@@ -137,7 +166,8 @@ def _http_error(exc: HfHubHTTPError, ctx: _Context) -> HubError:
         return HubNotFoundError(f"{ctx.where}: not found (404: {detail}); check the repo id and revision")
     if status in _TRANSIENT_STATUS:
         return HubUnreachableError(
-            f"{ctx.where}: the server kept failing ({status}: {detail}){ctx.tries}; retry later or check the server"
+            f"{ctx.where}: the server kept failing ({status}{_request_line(exc)}: {detail}){ctx.tries}; "
+            "retry later or check the server"
         )
     return HubError(f"{ctx.where}: the server refused the request ({status}: {detail})")
 
@@ -162,20 +192,35 @@ def _translate(exc: BaseException, ctx: _Context) -> HubError | None:
         if isinstance(cause, HfHubHTTPError) and cause.response is not None:
             return _http_error(cause, ctx)
         if isinstance(cause, httpx2.TransportError):
-            reason = " ".join(str(cause).split()) or type(cause).__name__
+            reason = _one_line(str(cause)) or type(cause).__name__
+            cache = ", or set HF_HUB_OFFLINE=1 to use the cache" if ctx.reads_cache else ""
             return HubUnreachableError(
                 f"{ctx.where}: cannot reach the server ({type(cause).__name__}: {reason}){ctx.tries}; "
-                "check HF_ENDPOINT and the network, or set HF_HUB_OFFLINE=1 to use the cache"
+                f"check the endpoint and the network{cache}"
             )
     if isinstance(exc, LocalEntryNotFoundError):
         return HubUnreachableError(f"{ctx.where}: {' '.join(str(exc).split())}")
     return None
 
 
+@contextlib.contextmanager
+def _quiet_library() -> Iterator[None]:
+    """Mute huggingface_hub's warnings (one per retried request, URL and all) and, off a terminal, its progress bars."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        with contextlib.nullcontext() if sys.stderr.isatty() else disable_progress_bars():
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _run(ctx: _Context, call: Callable[[], _T], *, force_lfs: bool = False) -> _T:
-    with library_flags(ctx.settings, force_lfs=force_lfs):
+    """`call` with the library's flags pinned and its output quiet, retried per `ctx`, its errors mapped."""
+    with library_flags(ctx.settings, force_lfs=force_lfs), _quiet_library():
         try:
-            return call()
+            return _retrying(ctx, call)
         except HubError:
             raise
         except Exception as exc:
@@ -185,19 +230,19 @@ def _run(ctx: _Context, call: Callable[[], _T], *, force_lfs: bool = False) -> _
             raise mapped from exc
 
 
-def _with_retries(call: Callable[[], _T], *, attempts: int, backoff_s: float) -> Callable[[], _T]:
-    def retrying() -> _T:
-        attempt = 1
-        while True:
-            try:
-                return call()
-            except Exception as exc:
-                if attempt >= attempts or not _is_transient(exc):
-                    raise
-            time.sleep(backoff_s * 2 ** (attempt - 1))
-            attempt += 1
-
-    return retrying
+def _retrying(ctx: _Context, call: Callable[[], _T]) -> _T:
+    """`call`, tried up to ``ctx.attempts`` times while it fails transiently; waits ``backoff_s``, 2x, 4x ..."""
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if attempt >= ctx.attempts or not _is_transient(exc):
+                raise
+        wait = ctx.backoff_s * 2 ** (attempt - 1)
+        _LOG.info("%s: attempt %d of %d failed; retrying in %g s", ctx.where, attempt, ctx.attempts, wait)
+        time.sleep(wait)
+        attempt += 1
 
 
 def _check_access(settings: HubSettings, token: HubToken | None, repo: str, revision: str | None) -> None:
@@ -207,25 +252,59 @@ def _check_access(settings: HubSettings, token: HubToken | None, repo: str, revi
         _api(settings, token).model_info(repo, revision=revision)
 
 
-def whoami(*, token: str | None = None, endpoint: str | None = None) -> str:
-    """Return the user name behind the token (checks the credentials before a long job).
+def account_info(*, token: str | None = None, endpoint: str | None = None) -> dict[str, Any]:
+    """Ask the Hub who the token belongs to (``GET /api/whoami-v2``); retried like uploads.
 
     Args:
         token: explicit token; default: resolved as in `aprender.hub.token.resolve_token`.
         endpoint: Hub URL; default ``HF_ENDPOINT`` or https://huggingface.co.
 
     Returns:
-        The user name.
+        The answer: ``name``, ``orgs`` (each with ``name`` and ``roleInOrg``), ``auth.accessToken.role``, ...
 
     Raises:
         HubTokenMissingError: no token anywhere.
         HubAuthError: the token is rejected.
-        HubUnreachableError: the endpoint cannot be reached.
+        HubUnreachableError: the endpoint cannot be reached, or keeps failing, through every attempt.
     """
     hub_token = _require_token(token)
-    ctx = _Context("check the token for", None, HubSettings.from_env(endpoint), hub_token)
-    info = _run(ctx, lambda: _api(ctx.settings, hub_token).whoami())
-    return str(info["name"])
+    ctx = _Context("check the token for", None, HubSettings.from_env(endpoint), hub_token, attempts=_ATTEMPTS)
+    return dict(_run(ctx, lambda: _api(ctx.settings, hub_token).whoami()))
+
+
+def whoami(*, token: str | None = None, endpoint: str | None = None) -> str:
+    """Return the user name behind the token (checks the credentials before a long job); see `account_info`."""
+    return str(account_info(token=token, endpoint=endpoint)["name"])
+
+
+def repo_is_private(repo_id: str, *, token: str | None = None, endpoint: str | None = None) -> bool | None:
+    """Say whether a model repo is private; retried like uploads.
+
+    Args:
+        repo_id: ``namespace/name``.
+        token: explicit token; default: resolved from the environment.
+        endpoint: Hub URL; default ``HF_ENDPOINT`` or https://huggingface.co.
+
+    Returns:
+        True or False; None when the repo does not exist or is invisible to the token.
+
+    Raises:
+        InvalidRepoIdError: malformed ``repo_id``.
+        HubAuthError: the token is rejected.
+        HubUnreachableError: the endpoint cannot be reached, or keeps failing, through every attempt.
+    """
+    repo = validate_repo_id(repo_id)
+    settings = HubSettings.from_env(endpoint)
+    hub_token = resolve_token(token)
+    ctx = _Context("look up", repo, settings, hub_token, attempts=_ATTEMPTS)
+
+    def call() -> bool | None:
+        try:
+            return bool(_api(settings, hub_token).model_info(repo).private)
+        except RepositoryNotFoundError:
+            return None
+
+    return _run(ctx, call)
 
 
 def download(
@@ -259,7 +338,7 @@ def download(
     repo = validate_repo_id(repo_id)
     settings = HubSettings.from_env(endpoint)
     hub_token = resolve_token(token)
-    ctx = _Context("download", repo, settings, hub_token, revision)
+    ctx = _Context("download", repo, settings, hub_token, revision, reads_cache=True)
 
     def call() -> str:
         _check_access(settings, hub_token, repo, revision)
@@ -302,7 +381,7 @@ def fetch_config(
     repo = validate_repo_id(repo_id)
     settings = HubSettings.from_env(endpoint)
     hub_token = resolve_token(token)
-    ctx = _Context("fetch config.json of", repo, settings, hub_token, revision)
+    ctx = _Context("fetch config.json of", repo, settings, hub_token, revision, reads_cache=True)
 
     def call() -> str:
         _check_access(settings, hub_token, repo, revision)
@@ -338,8 +417,8 @@ def upload_folder(
     commit_message: str = "Upload with aprender",
     token: str | None = None,
     endpoint: str | None = None,
-    max_attempts: int = 4,
-    backoff_s: float = 1.0,
+    max_attempts: int = _ATTEMPTS,
+    backoff_s: float = _BACKOFF_S,
 ) -> str:
     """Create the repo if needed and upload every file of ``folder`` in one commit.
 
@@ -385,5 +464,5 @@ def upload_folder(
         info = api.upload_folder(repo_id=repo, folder_path=root, commit_message=commit_message)
         return str(info.commit_url)
 
-    ctx = _Context("upload to", repo, settings, hub_token, attempts=max_attempts)
-    return _run(ctx, _with_retries(attempt, attempts=max_attempts, backoff_s=backoff_s), force_lfs=True)
+    ctx = _Context("upload to", repo, settings, hub_token, attempts=max_attempts, backoff_s=backoff_s)
+    return _run(ctx, attempt, force_lfs=True)

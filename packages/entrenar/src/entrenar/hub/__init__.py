@@ -4,8 +4,9 @@ For the training loop (a config with a ``publish:`` section), two calls:
 
 - ``preflight(repo_id: str, private: bool = False, endpoint: str | None = None, token: str | None = None)
   -> Account``: before the first step. Validates the repo id, resolves the token (explicit, ``HF_TOKEN``,
-  ``HUGGING_FACE_HUB_TOKEN``, ``$HF_HOME/token``), calls ``whoami`` and checks write access to the
-  namespace; raises `aprender.errors.HubError` subclasses (or `InvalidRepoIdError`) with a one-line message.
+  ``HUGGING_FACE_HUB_TOKEN``, ``$HF_HOME/token``), calls ``whoami`` (transient failures retried as for
+  the upload) and checks write access to the namespace; raises `aprender.errors.HubError` subclasses
+  (or `InvalidRepoIdError`) with a one-line message.
 - ``publish_output(output_dir: str | PathLike, publish_section: PublishSection) -> PublishResult``: after
   training wrote the output folder; ``result.url`` is the repo's URL to print.
 

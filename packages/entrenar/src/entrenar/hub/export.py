@@ -45,7 +45,15 @@ from entrenar.lora.merge import COPIED_FILES, TOKENIZER_FILES, merge_adapter_int
 from entrenar.lora.peft_io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from entrenar.models.loading import looks_like_repo_id
 
-__all__ = ["FORMATS", "GGUF_TYPES", "TOKENIZER_FILES", "ExportedModel", "export_model", "resolve_base_model"]
+__all__ = [
+    "FORMATS",
+    "GGUF_TYPES",
+    "TOKENIZER_FILES",
+    "ExportedModel",
+    "export_model",
+    "plan_layout",
+    "resolve_base_model",
+]
 
 FORMATS = PUBLISH_FORMATS
 _INDEX_NAME = "model.safetensors.index.json"
@@ -127,7 +135,12 @@ def resolve_base_model(
         ) from exc
 
 
-def _plan_layout(model: ModelFolder, merge_adapters: bool | None, fmt: str) -> Layout:
+def plan_layout(model: ModelFolder, merge_adapters: bool | None, fmt: str) -> Layout:
+    """The layout `export_model` writes for these options; checks them against the folder without writing.
+
+    Raises:
+        PublishError: An unknown format, ``merge_adapters`` set for a full model, or gguf without merging.
+    """
     if fmt not in FORMATS:
         raise PublishError(f"format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
     if model.kind == "full":
@@ -180,7 +193,7 @@ def export_model(
         ConversionError, TokenizerError: The model cannot be written as GGUF.
         HubError: Downloading the base model failed.
     """
-    layout = _plan_layout(model, merge_adapters, fmt)
+    layout = plan_layout(model, merge_adapters, fmt)
     if fmt == "gguf" and gguf_type not in GGUF_TYPES:
         raise PublishError(f"gguf type {gguf_type!r} is not supported; use one of {', '.join(GGUF_TYPES)}")
     out = Path(out_dir)

@@ -2,10 +2,11 @@
 
 `publish` runs the whole of ``entrenar publish``:
 
-1. validate the repo id and (unless a dry run) `preflight`: token, ``whoami``, write access, so a
-   wrong token fails in a second, not after a long merge;
-2. `entrenar.hub.detect.detect_model_folder`, then `entrenar.hub.export.export_model` into a temporary
-   staging folder (merging adapters, writing GGUF);
+1. the local checks: the repo id, the options, what the folder holds (`entrenar.hub.detect.detect_model_folder`)
+   and whether the options fit it, so a typo is reported as such even with the Hub out of reach;
+2. (unless a dry run) `preflight`: token, ``whoami``, write access, so a wrong token fails in a second,
+   not after a long merge; then `entrenar.hub.export.export_model` into a temporary staging folder
+   (merging adapters, writing GGUF);
 3. the model card (`entrenar.hub.card`): ``README.md`` and ``loss_curve.svg``;
 4. a dry run stops here and reports every staged file and its size; otherwise
    `aprender.hub.upload_folder` creates (or reuses) the repo and uploads everything in one commit.
@@ -17,6 +18,8 @@ Write access (https://huggingface.co/docs/hub/api#get-apiwhoami-v2): the repo's 
 token owner's user name or an organisation the user belongs to with a role other than ``read``, and
 the token itself must not be a ``read`` token (fine-grained tokens are left to the server to judge).
 The token is never logged, printed or written: messages name its source (`describe_token_source`).
+The Hub requests go through `aprender.hub`, which retries transient failures (a 5xx, a dropped
+connection) of the preflight as it does those of the upload.
 """
 
 from __future__ import annotations
@@ -24,19 +27,21 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx2
-from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
-from aprender.errors import HubAuthError, HubError, HubPermissionError, HubTokenMissingError, HubUnreachableError
-from aprender.hub import describe_token_source, resolve_token, upload_folder, validate_repo_id
+from aprender.errors import HubError, HubPermissionError, HubTokenMissingError
+from aprender.hub import (
+    account_info,
+    describe_token_source,
+    repo_is_private,
+    resolve_token,
+    upload_folder,
+    validate_repo_id,
+)
 from aprender.hub.repo_id import RepoId
-from aprender.hub.settings import HubSettings, library_flags
+from aprender.hub.settings import HubSettings
 from aprender.hub.token import HubToken
 from entrenar import __version__
 from entrenar.config.schema import PublishSection
@@ -44,13 +49,12 @@ from entrenar.errors import PublishError
 from entrenar.hub.card import CardContext, base_license, hub_dataset_ids, write_model_card
 from entrenar.hub.curve import read_loss_points
 from entrenar.hub.detect import ModelFolder, detect_model_folder
-from entrenar.hub.export import ExportedModel, export_model
+from entrenar.hub.export import ExportedModel, export_model, plan_layout
 from entrenar.models.loading import looks_like_repo_id
 
 __all__ = ["Account", "PublishResult", "StagedFile", "preflight", "publish", "publish_output"]
 
 _LOG = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,8 @@ def preflight(repo_id: str, private: bool = False, endpoint: str | None = None, 
         HubAuthError: The Hub rejects the token.
         HubPermissionError: A read-only token, or a namespace that is neither the user's nor one of
             their organisations with write access.
-        HubUnreachableError: The endpoint cannot be reached.
+        HubUnreachableError: The endpoint cannot be reached, or keeps failing, through every attempt
+            (transient failures are retried as for the upload).
         HubError: With `private`, the repo exists and is public; or the Hub refused a request.
     """
     repo = RepoId.parse(repo_id)
@@ -142,12 +147,14 @@ def preflight(repo_id: str, private: bool = False, endpoint: str | None = None, 
     hub_token = resolve_token(token)
     if hub_token is None:
         raise HubTokenMissingError(f"publishing to {repo} needs a Hugging Face token: {describe_token_source(token)}")
-    api = HfApi(endpoint=settings.endpoint, token=hub_token.value, library_name="entrenar", library_version=__version__)
-    info = _hub_call(settings, hub_token, f"check the token on {settings.endpoint}", api.whoami)
+    info = account_info(token=token, endpoint=endpoint)
     user = str(info.get("name", ""))
     _check_write_access(repo, user, info, settings, hub_token)
-    if private:
-        _check_not_public(repo, api, settings, hub_token)
+    if private and repo_is_private(str(repo), token=token, endpoint=endpoint) is False:
+        raise HubError(
+            f"repo {repo} on {settings.endpoint} exists and is public, so a private publish would be refused; "
+            "make it private on the Hub first or publish to a new repo"
+        )
     return Account(user, repo.namespace, settings.endpoint, hub_token.source)
 
 
@@ -168,44 +175,6 @@ def _check_write_access(repo: RepoId, user: str, info: dict[str, Any], settings:
         f"cannot publish to {repo} on {settings.endpoint}: the token from {token.source} belongs to {user}, who "
         f"{detail} {repo.namespace!r}; publish to '{user}/{repo.name}' or use a token of {repo.namespace}"
     )
-
-
-def _check_not_public(repo: RepoId, api: HfApi, settings: HubSettings, token: HubToken) -> None:
-    try:
-        info = _hub_call(settings, token, f"look up {repo} on {settings.endpoint}", lambda: api.model_info(str(repo)))
-    except _RepoMissing:
-        return
-    if not info.private:
-        raise HubError(
-            f"repo {repo} on {settings.endpoint} exists and is public, so a private publish would be refused; "
-            "make it private on the Hub first or publish to a new repo"
-        )
-
-
-class _RepoMissing(Exception):
-    """The repo does not exist yet (it will be created)."""
-
-
-def _hub_call(settings: HubSettings, token: HubToken, action: str, call: Callable[[], _T]) -> _T:
-    """Run a huggingface_hub call with the environment's flags; map its errors to aprender's, token-free."""
-    with library_flags(settings):
-        try:
-            return call()
-        except RepositoryNotFoundError as exc:
-            raise _RepoMissing() from exc
-        except HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else 0
-            if status == 401:
-                raise HubAuthError(
-                    f"{action}: the server rejected the token from {token.source} (401); "
-                    "create a new token and set HF_TOKEN or run `hf auth login`"
-                ) from exc
-            raise HubError(f"{action}: the server refused the request ({status}); retry or check the server") from exc
-        except httpx2.TransportError as exc:
-            raise HubUnreachableError(
-                f"{action}: cannot reach the server ({type(exc).__name__}); check HF_ENDPOINT / --endpoint "
-                "and the network"
-            ) from exc
 
 
 # ----------------------------------------------------------------------------------------------- publish
@@ -247,17 +216,19 @@ def publish(
         The `PublishResult`.
 
     Raises:
-        PublishError: The folder is not publishable or the options do not fit it.
+        PublishError: The folder is not publishable or the options do not fit it (checked before any
+            network request).
         InvalidRepoIdError, HubError: See `preflight` and `aprender.hub.upload_folder`.
         LoraError, ConversionError, TokenizerError: Merging or GGUF export failed.
     """
     repo = validate_repo_id(repo_id)
     if gguf_type is not None and fmt != "gguf":
         raise PublishError(f"--gguf-type {gguf_type} applies to --format gguf only; drop it or add --format gguf")
+    model = detect_model_folder(model_dir)
+    plan_layout(model, merge_adapters, fmt)
     if not dry_run:
         account = preflight(repo, private, endpoint, token)
         _LOG.info("publishing to %s as %s (token from %s)", repo, account.user, account.token_source)
-    model = detect_model_folder(model_dir)
     with tempfile.TemporaryDirectory(prefix="entrenar-publish-") as tmp:
         staging = Path(tmp) / "upload"
         exported = export_model(

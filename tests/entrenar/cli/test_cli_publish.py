@@ -21,10 +21,10 @@ from entrenar import cli as cli_module
 from fixtures.cli import run_cli
 
 
-def _load_hub_helpers() -> ModuleType:
-    """tests/entrenar/hub/conftest.py by path: its run builder serves these tests too (no package to import from)."""
-    path = Path(__file__).resolve().parents[1] / "hub" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("entrenar_hub_test_helpers", path)
+def _load_publish_helpers() -> ModuleType:
+    """tests/entrenar/publish/conftest.py by path: its run builder serves these tests too (no package to import)."""
+    path = Path(__file__).resolve().parents[1] / "publish" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("entrenar_publish_test_helpers", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -34,8 +34,8 @@ def _load_hub_helpers() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def lora_output(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints: dict[str, Path]) -> Any:
-    """A finished LoRA run on the tiny Llama (see tests/entrenar/hub/conftest.py)."""
-    return _load_hub_helpers().build_lora_output(tmp_path_factory.mktemp("cli-run"), tiny_checkpoints["llama"])
+    """A finished LoRA run on the tiny Llama (see tests/entrenar/publish/conftest.py)."""
+    return _load_publish_helpers().build_lora_output(tmp_path_factory.mktemp("cli-run"), tiny_checkpoints["llama"])
 
 
 def _run(*args: str) -> None:

@@ -2,7 +2,7 @@
 
 Each row trains one step of LoRA on the tiny qwen2 and publishes to the local Hub as alice; the repo's
 files and visibility show what the key changed. Merging, export and model cards themselves are tested
-with `entrenar.hub`.
+with `entrenar.publish`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from aprender.hub import describe_token_source
 from entrenar.config.schema import GGUF_TYPES, PUBLISH_FORMATS
 
 if TYPE_CHECKING:
-    from entrenar.hub import PublishResult
+    from entrenar.publish import PublishResult
 
 __all__ = ["publish_command", "push_command"]
 
@@ -82,7 +82,7 @@ def _run(
     Adapters are merged into their base model by default (QLoRA: into the 16/32-bit base, never in 4
     bits). The token comes from HF_TOKEN, HUGGING_FACE_HUB_TOKEN or `hf auth login`.
     """
-    from entrenar.hub import publish  # torch and the exporters load only when a command runs
+    from entrenar.publish import publish  # torch and the exporters load only when a command runs
 
     click.echo(f"Hub token: {describe_token_source()}{' (not used by a dry run)' if dry_run else ''}", err=True)
     result = publish(

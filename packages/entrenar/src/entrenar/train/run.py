@@ -7,8 +7,8 @@ Then the temp files that a killed run's atomic writes left (in the output folder
 ``step-N`` folders) are removed; files of other names stay.
 
 Publishing: with a ``publish:`` section the repo id, token and write access are checked before anything
-is built (`entrenar.hub.preflight`), so a typo or a missing token fails in seconds, not after training;
-the finished output folder is then published as the section says (`entrenar.hub.publish_output`).
+is built (`entrenar.publish.preflight`), so a typo or a missing token fails in seconds, not after training;
+the finished output folder is then published as the section says (`entrenar.publish.upload_output`).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _preflight(cfg: TrainConfig, console: Console) -> None:
     """With a ``publish:`` section: check the repo id, the token and write access now, before training."""
     if cfg.publish is None:
         return
-    from entrenar.hub import preflight  # the Hub client is needed only when publishing
+    from entrenar.publish import preflight  # the Hub client is needed only when publishing
 
     account = preflight(cfg.publish.repo, cfg.publish.private, cfg.publish.endpoint)
     console.print(
@@ -171,7 +171,7 @@ def run_training(
     )
     url = None
     if cfg.publish is not None:
-        from entrenar.hub import publish_output
+        from entrenar.publish import publish_output
 
         url = publish_output(out, cfg.publish).url
         console.print(f"published to {url}", highlight=False, soft_wrap=True)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from entrenar.errors import PublishError
-from entrenar.hub.detect import detect_model_folder, read_training_record
+from entrenar.publish.detect import detect_model_folder, read_training_record
 
 
 @pytest.fixture

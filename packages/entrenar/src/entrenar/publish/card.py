@@ -1,4 +1,4 @@
-"""The model card (``README.md``) of a published model, next to its loss curve (`entrenar.hub.curve`).
+"""The model card (``README.md``) of a published model, next to its loss curve (`entrenar.publish.curve`).
 
 The card follows the Hub's model card layout (https://huggingface.co/docs/hub/model-cards): YAML front
 matter that the Hub indexes (https://huggingface.co/docs/hub/model-cards#model-card-metadata), then
@@ -38,7 +38,7 @@ import yaml
 
 from aprender.atomic import atomic_write_text
 from entrenar import __version__
-from entrenar.hub.curve import LOSS_CURVE_NAME, LossPoints, is_number, loss_curve_svg
+from entrenar.publish.curve import LOSS_CURVE_NAME, LossPoints, is_number, loss_curve_svg
 
 __all__ = [
     "CARD_NAME",

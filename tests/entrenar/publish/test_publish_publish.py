@@ -35,9 +35,9 @@ from aprender.hub.api import Response
 from aprender.hub.repo_id import RepoId
 from entrenar.config import PublishSection
 from entrenar.errors import PublishError
-from entrenar.hub import preflight, publish, publish_output
+from entrenar.publish import preflight, publish, publish_output
 
-publish_module = importlib.import_module("entrenar.hub.publish")
+publish_module = importlib.import_module("entrenar.publish.upload")
 
 
 @pytest.fixture

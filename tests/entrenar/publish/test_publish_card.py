@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from entrenar import __version__
-from entrenar.hub.card import (
+from entrenar.publish.card import (
     CardContext,
     base_license,
     card_metadata,
@@ -20,7 +20,7 @@ from entrenar.hub.card import (
     render_model_card,
     write_model_card,
 )
-from entrenar.hub.curve import LossPoints
+from entrenar.publish.curve import LossPoints
 
 RecordFactory = Callable[..., dict[str, Any]]
 

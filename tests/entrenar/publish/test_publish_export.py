@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM
 
 from aprender.hub import upload_folder
 from entrenar.errors import PublishError
-from entrenar.hub.detect import detect_model_folder
-from entrenar.hub.export import export_model, resolve_base_model
+from entrenar.publish.detect import detect_model_folder
+from entrenar.publish.export import export_model, resolve_base_model
 
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json")
 

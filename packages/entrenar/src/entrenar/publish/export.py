@@ -39,11 +39,11 @@ from aprender.format.gguf_export import export_gguf
 from aprender.hub import download
 from entrenar.config.schema import GGUF_TYPES, PUBLISH_FORMATS
 from entrenar.errors import PublishError
-from entrenar.hub.card import Layout
-from entrenar.hub.detect import ModelFolder
 from entrenar.lora.merge import COPIED_FILES, TOKENIZER_FILES, merge_adapter_into_checkpoint
 from entrenar.lora.peft_io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from entrenar.models.loading import looks_like_repo_id
+from entrenar.publish.card import Layout
+from entrenar.publish.detect import ModelFolder
 
 __all__ = [
     "FORMATS",

@@ -2,12 +2,12 @@
 
 `publish` runs the whole of ``entrenar publish``:
 
-1. the local checks: the repo id, the options, what the folder holds (`entrenar.hub.detect.detect_model_folder`)
+1. the local checks: the repo id, the options, what the folder holds (`entrenar.publish.detect.detect_model_folder`)
    and whether the options fit it, so a typo is reported as such even with the Hub out of reach;
 2. (unless a dry run) `preflight`: token, ``whoami``, write access, so a wrong token fails in a second,
-   not after a long merge; then `entrenar.hub.export.export_model` into a temporary staging folder
+   not after a long merge; then `entrenar.publish.export.export_model` into a temporary staging folder
    (merging adapters, writing GGUF);
-3. the model card (`entrenar.hub.card`): ``README.md`` and ``loss_curve.svg``;
+3. the model card (`entrenar.publish.card`): ``README.md`` and ``loss_curve.svg``;
 4. a dry run stops here and reports every staged file and its size; otherwise
    `aprender.hub.upload_folder` creates (or reuses) the repo and uploads everything in one commit.
 
@@ -46,11 +46,11 @@ from aprender.hub.token import HubToken
 from entrenar import __version__
 from entrenar.config.schema import PublishSection
 from entrenar.errors import PublishError
-from entrenar.hub.card import CardContext, base_license, hub_dataset_ids, write_model_card
-from entrenar.hub.curve import read_loss_points
-from entrenar.hub.detect import ModelFolder, detect_model_folder
-from entrenar.hub.export import ExportedModel, export_model, plan_layout
 from entrenar.models.loading import looks_like_repo_id
+from entrenar.publish.card import CardContext, base_license, hub_dataset_ids, write_model_card
+from entrenar.publish.curve import read_loss_points
+from entrenar.publish.detect import ModelFolder, detect_model_folder
+from entrenar.publish.export import ExportedModel, export_model, plan_layout
 
 __all__ = ["Account", "PublishResult", "StagedFile", "preflight", "publish", "publish_output"]
 
@@ -198,7 +198,7 @@ def publish(
     """Publish a training output folder (or any adapter/model folder) to a Hub repo.
 
     Args:
-        model_dir: The folder (see `entrenar.hub.detect`).
+        model_dir: The folder (see `entrenar.publish.detect`).
         repo_id: ``namespace/name``.
         private: Create the repo private (an existing public repo is refused).
         merge_adapters: Adapters: merge into the base (None: yes) or publish the adapter alone (False).

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entrenar.errors import PublishError
-from entrenar.hub.curve import LossPoints, loss_curve_svg, nice_ticks, read_loss_points
+from entrenar.publish.curve import LossPoints, loss_curve_svg, nice_ticks, read_loss_points
 
 SVG = "{http://www.w3.org/2000/svg}"
 # Plot box of the SVG (720 x 400 with margins left 72, right 24, top 40, bottom 52).

@@ -20,7 +20,7 @@ LLAMA_CPP_SDIST := .cache/sdist
 LLAMA_CPP_DATA := .cache/llama.cpp
 LLAMA_CPP_STAMP := $(LLAMA_CPP_DATA)/.extracted-$(subst ==,-,$(LLAMA_CPP_SPEC))
 
-.PHONY: install test lint format demo clean llama-cpp-data llama-cpp
+.PHONY: install test lint format docs demo clean llama-cpp-data llama-cpp
 
 install: $(STAMP)
 
@@ -62,6 +62,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(PY) -m ruff check --fix packages tests benchmarks examples
 	$(PY) -m ruff format packages tests benchmarks examples
+
+# The configuration reference is generated from the schema; a test fails when the committed file is stale.
+docs: $(STAMP)
+	$(PY) -m entrenar.config.docs docs/configuration.md
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

@@ -1,11 +1,10 @@
-"""The gradient engine: accumulation, activation checkpointing, mixed precision and the anomaly guard.
+"""The gradient engine: accumulation, mixed precision and the anomaly guard.
 
 This is the layer the training loop talks to for backward, built on ``torch.autograd``:
 
 - `GradientEngine` runs one optimizer step's accumulated backward (`backward`) and update (`step`);
 - `backward_accumulated` / `GradientAccumulator` scale each micro-batch's summed token loss by
   1 / (target tokens of the whole step), so k micro-batches give exactly one big batch's gradient;
-- `apply_activation_checkpointing` recomputes block activations in backward to save memory;
 - `PrecisionPolicy` picks autocast and loss scaling per device and dtype; `LossScaler` is the uniform
   ``scale`` / ``unscale_`` / ``step`` / ``update`` interface (a no-op for float32 and bfloat16);
 - `AnomalyGuard` raises `NonFiniteError` on an inf/NaN loss or gradient before the optimizer step.
@@ -22,19 +21,12 @@ from entrenar.autograd.accumulation import (
     count_target_tokens,
 )
 from entrenar.autograd.anomaly import AnomalyGuard, first_non_finite_grad, global_grad_norm
-from entrenar.autograd.checkpointing import (
-    CheckpointingPlan,
-    apply_activation_checkpointing,
-    find_layer_stack,
-    remove_activation_checkpointing,
-)
 from entrenar.autograd.engine import ClipFn, GradientEngine, StepOutcome
 from entrenar.autograd.precision import LossScaler, PrecisionPolicy
 
 __all__ = [
     "AccumulationResult",
     "AnomalyGuard",
-    "CheckpointingPlan",
     "ClipFn",
     "GradientAccumulator",
     "GradientEngine",
@@ -43,11 +35,8 @@ __all__ = [
     "MicroBatch",
     "PrecisionPolicy",
     "StepOutcome",
-    "apply_activation_checkpointing",
     "backward_accumulated",
     "count_target_tokens",
-    "find_layer_stack",
     "first_non_finite_grad",
     "global_grad_norm",
-    "remove_activation_checkpointing",
 ]

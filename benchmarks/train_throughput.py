@@ -54,7 +54,7 @@ from aprender.text import Tokenizer
 from entrenar.config import TrainConfig, config_from_mapping
 from entrenar.data import DataLoader
 from entrenar.train import Trainer, build_run
-from entrenar.train.build import load_data
+from entrenar.train.setup import load_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "bench"

@@ -15,11 +15,9 @@ import pytest
 import torch
 
 from aprender.text import Tokenizer
-from entrenar.config.schema import QuantizeSection
 from entrenar.lora import LoraConfig, apply_lora, mark_only_lora_trainable
 from entrenar.models import CausalLM, from_pretrained
-from entrenar.quant import NF4Linear
-from entrenar.train.build import quantize_frozen_linears
+from entrenar.quant import NF4Linear, quantize_linears
 
 PROMPTS = [
     "The capital of France is",
@@ -47,7 +45,7 @@ def test_nf4_base_with_lora_stays_close_to_fp32(smollm2_hf_dir: Path) -> None:
     tokenizer = Tokenizer.from_dir(smollm2_hf_dir)
     dense = from_pretrained(smollm2_hf_dir, dtype="float32").eval()
     qlora = from_pretrained(smollm2_hf_dir, dtype="float32").eval()
-    replaced = quantize_frozen_linears(qlora, QuantizeSection(bits=4, type="nf4", double_quant=True))
+    replaced = quantize_linears(qlora, "nf4", double_quant=True)
     assert len(replaced) == 30 * 7 and "lm_head" not in replaced
     apply_lora(qlora, LoraConfig(rank=16, alpha=32, target_modules="all-linear"))
     counts = mark_only_lora_trainable(qlora)
@@ -61,7 +59,7 @@ def test_nf4_base_with_lora_stays_close_to_fp32(smollm2_hf_dir: Path) -> None:
     assert agreement > 0.55, report
     assert top == " Paris", report
     int8 = from_pretrained(smollm2_hf_dir, dtype="float32").eval()
-    quantize_frozen_linears(int8, QuantizeSection(bits=8, type="int8", double_quant=False))
+    quantize_linears(int8, "int8")
     errors8, agreement8, _ = _compare(dense, int8, tokenizer)
     report8 = f"int8: relative logit error {[round(e, 3) for e in errors8]}, agreement {agreement8:.2f}"
     assert max(errors8) < max(errors) / 3 and agreement8 >= agreement, report + "; " + report8

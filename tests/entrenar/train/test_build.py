@@ -16,8 +16,17 @@ from aprender.hub import upload_folder
 from entrenar.config import load_config
 from entrenar.errors import CheckpointError, ConfigError, LoraError
 from entrenar.models import from_pretrained, save_pretrained
-from entrenar.train import Trainer, build_run, dry_run, plan_steps, resolve_model_dir, run_training
-from entrenar.train.build import select_device
+from entrenar.train import (
+    BuildOrderError,
+    RunBuilder,
+    Trainer,
+    build_run,
+    dry_run,
+    plan_steps,
+    resolve_model_dir,
+    run_training,
+)
+from entrenar.train.setup import select_device
 from entrenar.train.validate import validate_run
 from fixtures.hub import LocalHub
 
@@ -204,3 +213,47 @@ def test_hub_model_without_weights_for_validation(
         "tokenizer_config.json",
     ]
     assert validate_run(cfg).parameters.trainable == 16384
+
+
+def test_run_builder_steps_in_order_equal_build_run(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    cfg = load_config(runs.write_config(tmp_path, tiny_checkpoints["llama"], lora={"rank": 4}))
+    wrapped: list[torch.nn.Module] = []
+    builder = RunBuilder(cfg, device=torch.device("cpu"))
+    builder.setup_data()
+    builder.setup_model()
+    builder.wrap(lambda model: wrapped.append(model) or model)
+    builder.setup_optimization()
+    stepwise, whole = builder.build(), build_run(cfg, device=torch.device("cpu"))
+    assert wrapped == [stepwise.model]
+    # the same seed before the model: the same adapter initialisation, the same optimizer over it
+    assert stepwise.model.state_dict().keys() == whole.model.state_dict().keys()
+    for name, tensor in stepwise.model.state_dict().items():
+        assert torch.equal(tensor, whole.model.state_dict()[name]), name
+    trainable = [p for p in stepwise.model.parameters() if p.requires_grad]
+    assert [p for group in stepwise.optimizer.param_groups for p in group["params"]] == trainable
+    assert stepwise.plan == whole.plan and len(trainable) == 2 * 7 * 2  # A and B of 7 linears in 2 layers
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        (["setup_model"], r"setup_model\(\) needs setup_data\(\) first"),
+        (["setup_data", "setup_optimization"], r"setup_optimization\(\) needs setup_model\(\) first"),
+        (["setup_data", "setup_data"], r"setup_data\(\) was already called"),
+        (["setup_data", "setup_model", "build"], r"build\(\) needs setup_optimization\(\) first"),
+        (["setup_data", "setup_model", "setup_optimization", "wrap"], r"must come before setup_optimization\(\)"),
+        (["wrap"], r"wrap\(\) needs setup_model\(\) first"),
+    ],
+)
+def test_run_builder_refuses_a_wrong_order(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, steps: list[str], message: str
+) -> None:
+    builder = RunBuilder(
+        load_config(runs.write_config(tmp_path, tiny_checkpoints["llama"])), device=torch.device("cpu")
+    )
+    *fine, wrong = steps
+    for step in fine:
+        getattr(builder, step)()
+    call = getattr(builder, wrong)
+    with pytest.raises(BuildOrderError, match=message):
+        call(lambda model: model) if wrong == "wrap" else call()

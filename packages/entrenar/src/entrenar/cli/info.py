@@ -28,8 +28,8 @@ def _size(n_bytes: int) -> str:
 def info_command(config: str, overrides: tuple[str, ...]) -> None:
     """Show CONFIG resolved, the model's parameter counts and the estimated training memory."""
     from entrenar.config import config_to_dict, load_config
-    from entrenar.train.build import read_model_config
     from entrenar.train.estimate import count_parameters, estimate_memory, meta_model
+    from entrenar.train.setup import read_model_config
 
     cfg = load_config(config, overrides)
     model_config = read_model_config(cfg.model)

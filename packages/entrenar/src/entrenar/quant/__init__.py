@@ -5,6 +5,8 @@
 - `entrenar.quant.int8`: per-output-channel absmax int8 (https://arxiv.org/abs/2208.07339).
 - `entrenar.quant.linear`: `NF4Linear` and `Int8Linear`, frozen layers that store only the quantized
   weight and pass gradients to their input, so LoRA adapters beside them train.
+- `entrenar.quant.swap`: `quantize_linears(model, "nf4", filter_fn=...)` swaps the dense linear layers a
+  filter selects for those (QLoRA: all but the LM head).
 
 Example::
 
@@ -31,15 +33,24 @@ from entrenar.quant.nf4 import (
     quantize_nf4,
     unpack_4bit,
 )
+from entrenar.quant.swap import (
+    QUANT_TYPES,
+    LinearFilter,
+    not_output_head,
+    quantize_linears,
+    release_checkpoint_pages,
+)
 
 __all__ = [
     "ABSMAX_BLOCK_SIZE",
     "NF4_BLOCK_SIZE",
     "NF4_CODE",
     "NF4_OFFSET",
+    "QUANT_TYPES",
     "DoubleQuantized",
     "Int8Linear",
     "Int8Quantized",
+    "LinearFilter",
     "NF4Linear",
     "NF4Quantized",
     "dequantize_int8_rowwise",
@@ -48,8 +59,11 @@ __all__ = [
     "double_dequantize",
     "double_quantize",
     "nf4_code",
+    "not_output_head",
     "pack_4bit",
     "quantize_int8_rowwise",
+    "quantize_linears",
     "quantize_nf4",
+    "release_checkpoint_pages",
     "unpack_4bit",
 ]

@@ -6,15 +6,15 @@ Typical use (what ``entrenar train config.yaml`` does)::
     result = run_training(cfg)              # resumes from <output_dir>/checkpoints when it can
     result.state.step, result.output_dir
 
-Pieces: `build_run` (config -> model, tokenizer, data, optimizer, schedule), `Trainer` (the loop),
-`CausalLMLoss` (chunked cross-entropy over the LM head, an `aprender.loss.Loss`), `evaluate`,
+Pieces: `build_run` (config -> model, tokenizer, data, optimizer, schedule, in `RunBuilder`'s steps),
+`Trainer` (the loop), `CausalLMLoss` (chunked cross-entropy over the LM head, an `aprender.loss.Loss`), `evaluate`,
 callbacks (`MetricsLogger`, `CheckpointSaver`, `EarlyStopping`, `ProgressDisplay`), checkpoints
 (`save_checkpoint`, `load_checkpoint`, `latest_checkpoint`), outputs (`write_outputs`) and size
 estimates (`meta_model`, `count_parameters`, `estimate_memory`).
 """
 
 from entrenar.errors import TrainingInterrupted
-from entrenar.train.build import StepPlan, TrainingRun, build_model, build_run, plan_steps, resolve_model_dir
+from entrenar.train.build import BuildOrderError, RunBuilder, TrainingRun, build_run
 from entrenar.train.callbacks import (
     METRICS_FILENAME,
     Callback,
@@ -38,12 +38,14 @@ from entrenar.train.loop import Trainer
 from entrenar.train.loss import CausalLMLoss
 from entrenar.train.outputs import FINAL_MODEL_FILENAME, write_outputs
 from entrenar.train.run import TrainResult, dry_run, run_training
+from entrenar.train.setup import StepPlan, build_model, plan_steps, resolve_model_dir
 from entrenar.train.state import TrainState
 
 __all__ = [
     "CHECKPOINTS_DIRNAME",
     "FINAL_MODEL_FILENAME",
     "METRICS_FILENAME",
+    "BuildOrderError",
     "Callback",
     "CausalLMLoss",
     "Checkpoint",
@@ -54,6 +56,7 @@ __all__ = [
     "MetricsLogger",
     "ParameterCounts",
     "ProgressDisplay",
+    "RunBuilder",
     "StepPlan",
     "TrainResult",
     "TrainState",

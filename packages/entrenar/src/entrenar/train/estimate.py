@@ -1,7 +1,7 @@
 """Parameter counts and a training-memory estimate from ``config.json`` alone (no weights are read).
 
 `meta_model` builds the run's model on PyTorch's ``meta`` device (shapes, no storage) with the same
-`entrenar.train.build.assemble_model` the trainer uses, so adapters, quantized layers and what trains
+`entrenar.train.setup.model.assemble_model` the trainer uses, so adapters, quantized layers and what trains
 are exactly those of the real run. `estimate_memory` then adds up, in bytes:
 
 - weights: frozen tensors in ``model.dtype`` (quantized layers: their real NF4/int8 buffers, e.g.
@@ -32,8 +32,8 @@ from torch import nn
 from entrenar.config import TrainConfig
 from entrenar.models import CausalLM, LinearFactory, ModelConfig
 from entrenar.quant import Int8Linear, NF4Linear
-from entrenar.train.build import assemble_model
 from entrenar.train.loss import DEFAULT_CHUNK_SIZE
+from entrenar.train.setup.model import assemble_model
 
 __all__ = ["MemoryEstimate", "ParameterCounts", "count_parameters", "estimate_memory", "meta_model"]
 

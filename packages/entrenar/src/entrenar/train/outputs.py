@@ -34,9 +34,10 @@ from entrenar.config import config_to_dict
 from entrenar.data import resolve_data_files
 from entrenar.lora import save_adapter
 from entrenar.models import CausalLM, save_pretrained
-from entrenar.train.build import TrainingRun, compute_dtype, lora_config_of
+from entrenar.train.build import TrainingRun
 from entrenar.train.checkpoint import file_sha256
 from entrenar.train.estimate import count_parameters
+from entrenar.train.setup.model import compute_dtype, lora_config_of
 from entrenar.train.state import TrainState
 
 __all__ = [

@@ -17,8 +17,8 @@ from aprender.text import Tokenizer
 from entrenar.config import TrainConfig
 from entrenar.data import Dataset
 from entrenar.models import ModelConfig, read_config
-from entrenar.train.build import StepPlan, check_schedule, load_data, plan_steps, resolve_model_dir
 from entrenar.train.estimate import ParameterCounts, count_parameters, meta_model
+from entrenar.train.setup import StepPlan, check_schedule, load_data, plan_steps, resolve_model_dir
 
 __all__ = ["RunReport", "validate_run"]
 

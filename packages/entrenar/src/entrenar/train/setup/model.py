@@ -1,0 +1,204 @@
+"""The model step of a run: device and seed, the base model's folder, the model for the config's method.
+
+- ``model``: a local folder, or a Hub id downloaded (weights, config and tokenizer files) with
+  `aprender.hub.download` into the standard cache; loaded by `entrenar.models.from_pretrained` in
+  ``model.dtype``. The tokenizer is the folder's (`aprender.text.Tokenizer.from_dir`).
+- ``lora`` (LoRA): adapters are built with the model through `entrenar.lora.lora_linear_factory`;
+  only they train. ``lora`` + ``quantize`` (QLoRA, https://arxiv.org/abs/2305.14314): the dense model
+  is loaded, every linear layer but the LM head is replaced by a frozen `NF4Linear`/`Int8Linear`
+  (`entrenar.quant.quantize_linears`), the dense tensors left are copied out of the checkpoint's memory
+  map (`release_checkpoint_pages`), then `entrenar.lora.apply_lora` adds the adapters. No ``lora``:
+  every parameter trains.
+- Precision: trainable parameters are kept in float32 (the optimizer's master copy); frozen ones stay
+  in ``model.dtype``; with a 16-bit ``model.dtype`` the forward pass runs under that autocast
+  (`entrenar.autograd.PrecisionPolicy`).
+- Seeding: ``training.seed`` seeds python, NumPy and torch before the model is built, so the adapter
+  initialisation, dropout masks and data order all follow from it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aprender.text import TOKENIZER_FILE_PATTERNS
+from entrenar.config import LoraSection, ModelSection, TrainConfig
+from entrenar.errors import LoraError, ModelConfigError
+from entrenar.lora import LoraConfig, apply_lora, lora_linear_factory, mark_only_lora_trainable
+from entrenar.models import (
+    CONFIG_FILES,
+    MODEL_FILE_PATTERNS,
+    CausalLM,
+    LinearFactory,
+    ModelConfig,
+    from_pretrained,
+    read_config,
+)
+from entrenar.quant.swap import not_output_head, quantize_linears, release_checkpoint_pages
+
+__all__ = [
+    "ModelLoader",
+    "assemble_model",
+    "build_model",
+    "compute_dtype",
+    "lora_config_of",
+    "read_model_config",
+    "resolve_model_dir",
+    "seed_everything",
+    "select_device",
+]
+
+LM_HEAD = "lm_head"
+
+
+def select_device() -> torch.device:
+    """The first CUDA GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's `random`, NumPy's global generator and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_model_dir(section: ModelSection, *, weights: bool = True) -> Path:
+    """The local folder of the base model, downloading a Hub id into the HF cache first.
+
+    Args:
+        section: The ``model:`` section.
+        weights: Also fetch the safetensors files (False: config, generation config and tokenizer only).
+
+    Returns:
+        The folder holding ``config.json`` (and the weights and tokenizer files).
+
+    Raises:
+        HubError: The download failed (offline and not cached, unknown repo or revision, no access).
+    """
+    if section.source == "local":
+        return Path(section.path)
+    from aprender.hub import download  # the Hub client is needed for repo ids only
+
+    patterns = [*(MODEL_FILE_PATTERNS if weights else CONFIG_FILES), *TOKENIZER_FILE_PATTERNS]
+    return Path(download(section.path, section.revision, allow_patterns=patterns))
+
+
+def read_model_config(section: ModelSection) -> ModelConfig:
+    """The base model's architecture from its ``config.json`` alone (one small download for a Hub id).
+
+    Args:
+        section: The ``model:`` section.
+
+    Returns:
+        The model config.
+
+    Raises:
+        CheckpointError: A local folder without a readable ``config.json``.
+        ModelConfigError: An unsupported or invalid config (the message names the file or repo).
+        HubError: The Hub could not provide ``config.json``.
+    """
+    if section.source == "local":
+        return read_config(section.path)
+    from aprender.hub import fetch_config
+
+    raw = fetch_config(section.path, section.revision)
+    try:
+        return ModelConfig.from_hf_dict(raw)
+    except ModelConfigError as exc:
+        raise ModelConfigError(f"{section.path}/config.json: {exc}") from exc
+
+
+def lora_config_of(section: LoraSection) -> LoraConfig:
+    """The `entrenar.lora.LoraConfig` of a ``lora:`` section."""
+    return LoraConfig(
+        rank=section.rank,
+        alpha=section.alpha,
+        dropout=section.dropout,
+        target_modules=section.target_modules,
+        use_rslora=section.use_rslora,
+        use_dora=section.use_dora,
+        init=section.init,
+    )
+
+
+ModelLoader = Callable[[LinearFactory | None], CausalLM]
+"""Builds the base model with a linear factory (None: plain ``nn.Linear``): from a checkpoint, or on ``meta``."""
+
+
+def assemble_model(cfg: TrainConfig, load: ModelLoader) -> CausalLM:
+    """The model for the config's method, with only what trains marked ``requires_grad``.
+
+    Full fine-tune: every parameter trains. LoRA: adapters built with the model by
+    `entrenar.lora.lora_linear_factory`. QLoRA: every linear layer but the LM head quantized
+    (`entrenar.quant.quantize_linears`), then `entrenar.lora.apply_lora`.
+
+    Args:
+        cfg: The config (``lora``, ``quantize``).
+        load: Builds the base model.
+
+    Returns:
+        The model.
+
+    Raises:
+        LoraError: Targets that match no layer, or that select the LM head.
+    """
+    if cfg.lora is None:
+        model = load(None)
+        model.requires_grad_(True)
+        return model
+    lora = lora_config_of(cfg.lora)
+    if cfg.quantize is None:
+        factory = lora_linear_factory(lora)
+        model = load(factory)
+        factory.check_targets()
+        adapted = factory.adapted
+    else:
+        model = load(None)
+        quantize_linears(model, cfg.quantize.type, filter_fn=not_output_head, double_quant=cfg.quantize.double_quant)
+        release_checkpoint_pages(model)
+        adapted = apply_lora(model, lora)
+    if LM_HEAD in adapted:
+        raise LoraError(
+            "lora.target_modules selects lm_head, but the trainer's fused loss reads the LM head's base weight; "
+            "leave lm_head out of the targets"
+        )
+    mark_only_lora_trainable(model)
+    return model
+
+
+def build_model(cfg: TrainConfig, model_dir: Path, device: torch.device) -> CausalLM:
+    """Load the base model for the config's method (`assemble_model`) and put it in training mode.
+
+    Call `seed_everything` first: adapter initialisation draws from torch's generator.
+
+    Args:
+        cfg: The config (``model``, ``lora``, ``quantize``, ``training.gradient_checkpointing``).
+        model_dir: The model folder (`resolve_model_dir`).
+        device: Where to put the weights.
+
+    Returns:
+        The model: trainable parameters in float32, frozen ones in ``model.dtype``.
+
+    Raises:
+        CheckpointError, ModelConfigError, LoraError: As the loaders and adapters raise them.
+    """
+
+    def load(factory: LinearFactory | None) -> CausalLM:
+        return from_pretrained(model_dir, dtype=cfg.model.dtype, device=device, linear_factory=factory)
+
+    model = assemble_model(cfg, load)
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    model.set_gradient_checkpointing(cfg.training.gradient_checkpointing)
+    return model.train()
+
+
+def compute_dtype(model: CausalLM) -> str:
+    """The dtype the model was loaded in (``model.dtype``, with ``auto`` resolved): the autocast dtype."""
+    return model.config.torch_dtype or "float32"

@@ -134,16 +134,16 @@ def encode_labels(values: npt.NDArray[Any], labels: npt.NDArray[Any]) -> npt.NDA
     return np.where(found, order[position], -1)
 
 
-def check_k(k: object, name: str = "k") -> int:
+def check_k(k: object) -> int:
     """Validate a cut-off: a python or numpy integer >= 1 (booleans rejected).
 
     Raises:
         MetricInputError: ``k`` is not an integer or is below 1.
     """
     if isinstance(k, bool) or not isinstance(k, int | np.integer):
-        raise MetricInputError(f"{name}={k!r} must be an integer >= 1")
+        raise MetricInputError(f"k={k!r} must be an integer >= 1")
     if k < 1:
-        raise MetricInputError(f"{name}={k} must be >= 1; it is the number of top-ranked items to score")
+        raise MetricInputError(f"k={k} must be >= 1; it is the number of top-ranked items to score")
     return int(k)
 
 

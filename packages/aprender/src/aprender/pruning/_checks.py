@@ -37,15 +37,15 @@ def check_matrix(tensor: torch.Tensor, name: str) -> None:
         raise PruningError(f"{name} has dtype {tensor.dtype}; pass a floating-point tensor")
 
 
-def check_scores(scores: torch.Tensor, name: str = "scores") -> None:
+def check_scores(scores: torch.Tensor) -> None:
     """Require a 2-D score matrix without NaN (NaN has no place in a ranking).
 
     Raises:
         PruningError: If `scores` is not a 2-D float matrix or holds NaN.
     """
-    check_matrix(scores, name)
+    check_matrix(scores, "scores")
     if torch.isnan(scores).any():
-        raise PruningError(f"{name} contains NaN; check the weights and calibration statistics for NaN")
+        raise PruningError("scores contains NaN; check the weights and calibration statistics for NaN")
 
 
 def check_nm(n: int, m: int, in_features: int) -> None:

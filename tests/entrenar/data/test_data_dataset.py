@@ -90,8 +90,6 @@ def test_text_files_directories_and_globs(tmp_path: Path) -> None:
     assert stats.files == (str(root / "a.jsonl"), str(root / "b.txt"), str(root / "c.parquet"))
     globbed, _ = load_examples(root / "*.txt")
     assert [e.text for e in globbed] == ["Para one.", "Para two."]
-    whole, _ = load_examples(root / "b.txt", text_split="document")
-    assert [e.text for e in whole] == ["Para one.\n\nPara two.\n"]
 
 
 # ------------------------------------------------------------------------------------ detection
@@ -177,7 +175,6 @@ def test_options_are_wired(tmp_path: Path, qwen: Tokenizer) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("One.\n\nTwo.\n\nThree.\n")
     assert len(build_datasets(notes, tokenizer=qwen, seq_len=64)[0]) == 3
-    assert len(build_datasets(notes, tokenizer=qwen, seq_len=64, text_split="document")[0]) == 1
     with pytest.raises(InvalidRecordError, match=r"field 'instruction' is missing"):
         build_datasets(chats, tokenizer=qwen, seq_len=64, format="alpaca")
 

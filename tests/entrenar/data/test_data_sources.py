@@ -25,8 +25,8 @@ def _write(path: Path, text: str | bytes) -> Path:
     return path
 
 
-def _records(*files: Path, text_split: str = "paragraph") -> list[RawRecord]:
-    return list(read_records(list(files), text_split=text_split))  # type: ignore[arg-type]
+def _records(*files: Path) -> list[RawRecord]:
+    return list(read_records(list(files)))
 
 
 # ------------------------------------------------------------------------------------ resolution
@@ -197,11 +197,8 @@ def test_text_paragraphs_with_start_lines(tmp_path: Path) -> None:
     assert [r.data for r in _records(no_final_newline)] == [{"text": "Only\nblock"}]
 
 
-def test_text_document_mode_and_empty_files(tmp_path: Path) -> None:
-    content = "First para\n\nSecond\n"
-    file = _write(tmp_path / "doc.txt", content)
+def test_text_empty_files(tmp_path: Path) -> None:
     blank = _write(tmp_path / "blank.txt", " \n\n")
-    assert _records(file, blank, text_split="document") == [RawRecord(Location(str(file), 1), {"text": content})]
     assert _records(blank) == []
 
 
@@ -232,9 +229,6 @@ def test_text_paragraph_split_recovers_paragraphs(
 # ------------------------------------------------------------------------------------ argument checks
 
 
-def test_bad_text_split_and_unknown_suffix(tmp_path: Path) -> None:
-    file = _write(tmp_path / "a.txt", "x")
-    with pytest.raises(DataError, match=r"text_split='lines': expected one of paragraph, document"):
-        _records(file, text_split="lines")
+def test_unknown_suffix(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"data\.csv: \.csv is not a data format"):
         _records(_write(tmp_path / "data.csv", "a"))

@@ -15,13 +15,12 @@ from entrenar.data.encode import IGNORE_INDEX, TRAIN_ON, EncodedSample, Encoder,
 from entrenar.data.formats import FORMATS, Example, FormatName, detect_format, normalize_record
 from entrenar.data.loader import DataLoader, collate_packed, collate_padded
 from entrenar.data.packing import PAD_SEQ_ID, pack_first_fit_decreasing, pack_row
-from entrenar.data.sources import TEXT_SPLITS, Location, RawRecord, TextSplit, read_records, resolve_data_files
+from entrenar.data.sources import Location, RawRecord, read_records, resolve_data_files
 
 __all__ = [
     "FORMATS",
     "IGNORE_INDEX",
     "PAD_SEQ_ID",
-    "TEXT_SPLITS",
     "TRAIN_ON",
     "DataLoader",
     "DataStats",
@@ -32,7 +31,6 @@ __all__ = [
     "FormatName",
     "Location",
     "RawRecord",
-    "TextSplit",
     "TrainOn",
     "build_datasets",
     "collate_packed",

@@ -30,7 +30,7 @@ from aprender.text import Tokenizer
 from entrenar.data.encode import EncodedSample, Encoder, TrainOn
 from entrenar.data.formats import FORMATS, Example, detect_format, normalize_record, signature_help
 from entrenar.data.packing import pack_first_fit_decreasing
-from entrenar.data.sources import Location, RawRecord, TextSplit, read_records, resolve_data_files
+from entrenar.data.sources import Location, RawRecord, read_records, resolve_data_files
 from entrenar.errors import DataError, InvalidRecordError
 
 _SPLIT_STREAM = 1  # SeedSequence entropy [seed, 1] draws the split; [seed, 0, epoch] shuffles (loader)
@@ -167,8 +167,8 @@ def _check_format(format: str) -> None:
         raise DataError(f"format={format!r}: expected auto or one of {', '.join(FORMATS)}")
 
 
-def _examples(reader: _Reader, files: Sequence[Path], text_split: TextSplit) -> Iterator[Example]:
-    for raw in read_records(files, text_split=text_split):
+def _examples(reader: _Reader, files: Sequence[Path]) -> Iterator[Example]:
+    for raw in read_records(files):
         example = reader.example(raw)
         if example is not None:
             yield example
@@ -184,7 +184,6 @@ def load_examples(
     *,
     format: str = "auto",
     skip_invalid: bool = False,
-    text_split: TextSplit = "paragraph",
 ) -> tuple[list[Example], DataStats]:
     """Read and normalise every record under a path (file, directory or glob), without tokenizing.
 
@@ -192,7 +191,6 @@ def load_examples(
         path: where the data is.
         format: "auto" or a name from `FORMATS`.
         skip_invalid: skip and count malformed records instead of raising.
-        text_split: how `.txt` files become documents ("paragraph" or "document").
 
     Returns:
         The examples in file order, and the reading stats.
@@ -204,7 +202,7 @@ def load_examples(
     _check_format(format)
     files = resolve_data_files(path)
     stats = DataStats(files=tuple(str(f) for f in files))
-    examples = list(_examples(_Reader(format, skip_invalid, stats), files, text_split))
+    examples = list(_examples(_Reader(format, skip_invalid, stats), files))
     if not examples:
         raise _empty_error(path, stats)
     stats.records = len(examples)
@@ -212,13 +210,13 @@ def load_examples(
 
 
 def _encode_source(
-    path: str | os.PathLike[str], encoder: Encoder, format: str, skip_invalid: bool, text_split: TextSplit
+    path: str | os.PathLike[str], encoder: Encoder, format: str, skip_invalid: bool
 ) -> tuple[list[EncodedSample], DataStats]:
     files = resolve_data_files(path)
     stats = DataStats(files=tuple(str(f) for f in files))
     reader = _Reader(format, skip_invalid, stats)
     samples = []
-    for example in _examples(reader, files, text_split):
+    for example in _examples(reader, files):
         try:
             sample = encoder.encode(example)
         except InvalidRecordError as err:
@@ -295,7 +293,6 @@ def build_datasets(
     packing: bool = False,
     skip_invalid: bool = False,
     seed: int = 0,
-    text_split: TextSplit = "paragraph",
 ) -> tuple[Dataset, Dataset | None]:
     """Build the training and (optional) validation datasets of the config's `data:` section.
 
@@ -310,7 +307,6 @@ def build_datasets(
         packing: pack several samples per row of `seq_len`.
         skip_invalid: skip and count malformed records instead of raising.
         seed: seed of the validation split (`training.seed`), >= 0.
-        text_split: how `.txt` files become documents ("paragraph" or "document").
 
     Returns:
         (train, val); val is None without `val_path` and `val_split`.
@@ -325,10 +321,10 @@ def build_datasets(
         raise DataError("val_path and val_split are both set; keep one")
     encoder = Encoder(tokenizer, seq_len=seq_len, train_on=train_on)
     pad_id = pad_token_id(tokenizer)
-    samples, stats = _encode_source(train_path, encoder, format, skip_invalid, text_split)
+    samples, stats = _encode_source(train_path, encoder, format, skip_invalid)
     val: tuple[list[EncodedSample], DataStats] | None = None
     if val_path is not None:
-        val = _encode_source(val_path, encoder, format, skip_invalid, text_split)
+        val = _encode_source(val_path, encoder, format, skip_invalid)
         if val[1].format != stats.format:
             raise DataError(
                 f"{os.fspath(val_path)}: validation data is {val[1].format} but training data is {stats.format}; "

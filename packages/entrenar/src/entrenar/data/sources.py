@@ -17,10 +17,10 @@ Suffixes and how each file becomes records (dicts):
 | `.parquet` | one row per record, columns as keys (nested lists/structs become lists/dicts) | `file row N` |
 | `.txt` | `{"text": ...}`; see below | `file:LINE` (first line) |
 
-Plain text is split by `text_split`: "paragraph" (default) makes each block of non-blank lines one
-document (blocks are separated by one or more blank or whitespace-only lines), so a long text file
-becomes many samples rather than one truncated one; "document" makes each file one document. Files
-are UTF-8 (a leading byte-order mark is dropped). JSON Lines specification: https://jsonlines.org/.
+Plain text is split into paragraphs: each block of non-blank lines is one document (blocks are
+separated by one or more blank or whitespace-only lines), so a long text file becomes many samples
+rather than one truncated one. Files are UTF-8 (a leading byte-order mark is dropped). JSON Lines
+specification: https://jsonlines.org/.
 
 A line that is not valid UTF-8 or JSON, or is not an object, becomes a `RawRecord` with `error` set,
 so the caller decides whether to stop or skip it. Problems that concern a whole file (unreadable
@@ -39,8 +39,6 @@ from typing import Any, Literal
 
 from entrenar.errors import DataError
 
-TextSplit = Literal["paragraph", "document"]
-TEXT_SPLITS: tuple[str, ...] = ("paragraph", "document")
 SUFFIXES: dict[str, str] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -127,27 +125,24 @@ def resolve_data_files(path: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-def read_records(files: Sequence[Path], *, text_split: TextSplit = "paragraph") -> Iterator[RawRecord]:
+def read_records(files: Sequence[Path]) -> Iterator[RawRecord]:
     """Records of each file in turn (see the module docstring for each suffix).
 
     Args:
         files: data files, e.g. from `resolve_data_files`.
-        text_split: how `.txt` files become documents: "paragraph" or "document".
 
     Yields:
         One `RawRecord` per record, in file order.
 
     Raises:
-        DataError: a bad `text_split`, or a whole file is unreadable (see the module docstring).
+        DataError: a whole file is unreadable (see the module docstring).
     """
-    if text_split not in TEXT_SPLITS:
-        raise DataError(f"text_split={text_split!r}: expected one of {', '.join(TEXT_SPLITS)}")
     for file in files:
         kind = SUFFIXES.get(file.suffix.lower())
         if kind == "parquet":
             yield from _read_parquet(file)
         elif kind == "txt":
-            yield from _read_text(file, text_split)
+            yield from _read_text(file)
         elif kind == "json" and _starts_with_bracket(file):
             yield from _read_json_array(file)
         elif kind in ("json", "jsonl"):
@@ -220,12 +215,8 @@ def _read_parquet(file: Path) -> Iterator[RawRecord]:
             yield RawRecord(Location(str(file), row, "row"), values)
 
 
-def _read_text(file: Path, text_split: TextSplit) -> Iterator[RawRecord]:
+def _read_text(file: Path) -> Iterator[RawRecord]:
     content = _read_text_file(file)
-    if text_split == "document":
-        if content.strip():
-            yield RawRecord(Location(str(file), 1), {"text": content})
-        return
     block: list[str] = []
     start = 0
     for number, full_line in enumerate(content.split("\n"), start=1):

@@ -19,7 +19,7 @@ Every optimizer is a `torch.optim.Optimizer` written with multi-tensor ``torch._
 from entrenar.optim.adam import Adam, AdamW
 from entrenar.optim.adamw8bit import AdamW8bit, dequantize_blockwise, dynamic_map, quantize_blockwise
 from entrenar.optim.clipping import clip_grad_norm
-from entrenar.optim.groups import DEFAULT_NO_DECAY, build_param_groups, decays
+from entrenar.optim.groups import NO_DECAY_NAMES, build_param_groups, decays
 from entrenar.optim.registry import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from entrenar.optim.schedulers import (
     constant_schedule,
@@ -31,7 +31,7 @@ from entrenar.optim.schedulers import (
 from entrenar.optim.sgd import SGD
 
 __all__ = [
-    "DEFAULT_NO_DECAY",
+    "NO_DECAY_NAMES",
     "OPTIMIZERS",
     "SCHEDULERS",
     "SGD",

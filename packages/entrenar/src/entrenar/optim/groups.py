@@ -11,7 +11,7 @@ The rule: a trainable parameter gets ``weight_decay = 0`` when any of these hold
    layer (torch's batch/instance/layer/group/RMS/local-response norms, or any module whose class
    name ends in ``Norm``, such as transformers' ``LlamaRMSNorm``).
 2. It has fewer than 2 dimensions (biases, norm gains, scalars).
-3. Its name contains one of the ``no_decay`` substrings, compared case-insensitively.
+3. Its name contains one of `NO_DECAY_NAMES`, compared case-insensitively.
 
 LoRA+ (Hayou et al. 2024, https://arxiv.org/abs/2402.12354): the B matrices of LoRA adapters
 (names containing ``lora_B``) learn ``lora_plus_ratio`` times faster than the rest (the paper uses
@@ -20,7 +20,6 @@ ratios around 16), which speeds up fine-tuning at the same cost.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 from entrenar.errors import OptimizerError
 from entrenar.optim._checks import check_real
 
-DEFAULT_NO_DECAY: tuple[str, ...] = ("bias", "norm", "embed")
+NO_DECAY_NAMES: tuple[str, ...] = ("bias", "norm", "embed")
 
 _EXEMPT_MODULES: tuple[type[nn.Module], ...] = (
     nn.Embedding,
@@ -53,28 +52,19 @@ def _module_is_exempt(module: nn.Module) -> bool:
     return isinstance(module, _EXEMPT_MODULES) or type(module).__name__.lower().endswith("norm")
 
 
-def _check_patterns(no_decay: object) -> tuple[str, ...]:
-    """`no_decay` as a tuple of strings; a bare string (which would iterate by character) is refused."""
-    patterns = tuple(no_decay) if isinstance(no_decay, Iterable) and not isinstance(no_decay, str) else None
-    if patterns is None or not all(isinstance(s, str) for s in patterns):
-        raise OptimizerError(f"build_param_groups: no_decay={no_decay!r} must be a list of name substrings.")
-    return patterns
-
-
-def decays(name: str, param: torch.Tensor, module: nn.Module, no_decay: Iterable[str] = DEFAULT_NO_DECAY) -> bool:
+def decays(name: str, param: torch.Tensor, module: nn.Module) -> bool:
     """Whether a parameter gets weight decay under the module's rule (see the module docstring).
 
     Args:
         name: Full parameter name, e.g. ``"layers.0.mlp.up_proj.weight"``.
         param: The parameter.
         module: The module that owns it directly.
-        no_decay: Name substrings that exempt a parameter (case-insensitive).
 
     Returns:
         True if the parameter should be decayed.
     """
     lowered = name.lower()
-    exempt_by_name = any(pattern.lower() in lowered for pattern in no_decay)
+    exempt_by_name = any(pattern in lowered for pattern in NO_DECAY_NAMES)
     return not (_module_is_exempt(module) or param.ndim < 2 or exempt_by_name)
 
 
@@ -83,7 +73,6 @@ def build_param_groups(
     weight_decay: float,
     *,
     lr: float,
-    no_decay: Iterable[str] = DEFAULT_NO_DECAY,
     lora_plus_ratio: float | None = None,
 ) -> list[dict[str, Any]]:
     """Split the trainable parameters of `model` into optimizer parameter groups.
@@ -97,7 +86,6 @@ def build_param_groups(
         model: The model.
         weight_decay: Decay for the parameters that take it, >= 0.
         lr: Base learning rate, >= 0.
-        no_decay: Name substrings that exempt a parameter from decay (case-insensitive); not a str.
         lora_plus_ratio: LoRA+ ratio for parameters whose name contains ``lora_B``, > 0; None keeps
             them at `lr`.
 
@@ -111,7 +99,6 @@ def build_param_groups(
     check_real("build_param_groups", "lr", lr, low=0.0)
     if lora_plus_ratio is not None:
         check_real("build_param_groups", "lora_plus_ratio", lora_plus_ratio, low=0.0, low_open=True)
-    patterns = _check_patterns(no_decay)
     # (is LoRA B, decays) -> names and tensors, in model order.
     buckets: dict[tuple[bool, bool], list[tuple[str, torch.Tensor]]] = {
         key: [] for key in ((False, True), (False, False), (True, True), (True, False))
@@ -124,7 +111,7 @@ def build_param_groups(
             seen.add(id(param))
             name = f"{module_name}.{short}" if module_name else short
             lora_b = lora_plus_ratio is not None and "lora_B" in name
-            buckets[(lora_b, decays(name, param, module, patterns))].append((name, param))
+            buckets[(lora_b, decays(name, param, module))].append((name, param))
     if not seen:
         raise OptimizerError(
             "build_param_groups: the model has no trainable parameters (requires_grad=True); "

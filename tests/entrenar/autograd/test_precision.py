@@ -77,6 +77,19 @@ def test_unsupported_inputs(device: object, dtype: object, message: str) -> None
         PrecisionPolicy.for_device(device, dtype)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"init_scale": 0.0}, "init_scale=0.0"),
+        ({"init_scale": float("inf")}, "init_scale=inf"),
+        ({"init_scale": True}, "init_scale=True"),
+    ],
+)
+def test_make_scaler_validates(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(PrecisionError, match=message):
+        PrecisionPolicy.for_device("cpu", "float32").make_scaler(**kwargs)  # type: ignore[arg-type]
+
+
 def _sgd_step(scaler: LossScaler, layer: nn.Linear, x: torch.Tensor) -> tuple[torch.optim.Optimizer, bool]:
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
     scaler.scale(layer(x).sum()).backward()
@@ -146,8 +159,8 @@ def test_grad_scaler_state_round_trip() -> None:
 @pytest.mark.cuda
 def test_cuda_float16_policy_trains_with_a_grad_scaler() -> None:
     policy = PrecisionPolicy.for_device("cuda", "float16")
-    scaler = policy.make_scaler()
-    assert scaler.enabled and scaler.state_dict()["scale"] == 2.0**16  # torch's initial scale
+    scaler = policy.make_scaler(init_scale=1024.0)
+    assert scaler.enabled and scaler.state_dict()["scale"] == 1024.0
     layer = _linear().cuda()
     with policy.autocast():
         out = layer(torch.ones(2, 4, device="cuda"))

@@ -21,6 +21,7 @@ the loss unchanged, ``unscale_`` does nothing and ``step`` calls ``optimizer.ste
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -173,9 +174,23 @@ class PrecisionPolicy:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
-    def make_scaler(self) -> LossScaler:
-        """A `LossScaler`: ``torch.amp.GradScaler`` (its default schedule) for float16 on CUDA, else a no-op."""
-        return LossScaler(torch.amp.GradScaler(self.device_type) if self.uses_grad_scaler else None)
+    def make_scaler(self, *, init_scale: float = 2.0**16) -> LossScaler:
+        """A `LossScaler`: backed by ``torch.amp.GradScaler`` for float16 on CUDA, a no-op otherwise.
+
+        Args:
+            init_scale: First loss scale (float16 on CUDA only), > 0.
+
+        Returns:
+            The scaler.
+
+        Raises:
+            PrecisionError: If `init_scale` is out of range.
+        """
+        if not (isinstance(init_scale, int | float) and not isinstance(init_scale, bool) and 0 < init_scale < math.inf):
+            raise PrecisionError(f"make_scaler: init_scale={init_scale!r} must be a positive finite number")
+        if not self.uses_grad_scaler:
+            return LossScaler(None)
+        return LossScaler(torch.amp.GradScaler(self.device_type, init_scale=init_scale))
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -298,7 +298,7 @@ def test_failure_leaves_out_dir_untouched(
     def broken_save(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(convert_module.safetensors, "save", broken_save)
+    monkeypatch.setattr(convert_module.safetensors, "save_file", broken_save)  # what writes each shard
     with pytest.raises(OSError, match="disk full"):
         convert_gguf_to_hf(llama_case["gguf"], out)
     assert os.listdir(out) == ["config.json"] and (out / "config.json").read_text() == "{}"

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import stat
+import weakref
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.utils.hub import convert_file_size_to_int
 
+from aprender.atomic import remove_temp_files
 from aprender.errors import AprenderError, FormatError, InvalidArgumentError
 from aprender.format import safetensors as sf
 
@@ -352,6 +354,117 @@ def test_save_rejects_bad_input_before_writing(tmp_path: Path) -> None:
         sf.save({"w": torch.ones(1), "z": torch.ones(1, dtype=torch.complex128)}, tmp_path / "b", max_shard_size=1)
     with pytest.raises(InvalidArgumentError, match="metadata"):
         sf.save({"w": torch.ones(1)}, tmp_path / "c", metadata={"n": 3})  # type: ignore[dict-item]
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------ streaming writer
+
+TEMP_SHARD = re.compile(r"\.model-0000\d\.safetensors\.[0-9a-f]{32}\.tmp")
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_writer_writes_each_full_shard_and_drops_it(tmp_path: Path) -> None:
+    tensors = _six_tensors()  # 4000 bytes each
+    refs = []
+    with sf.CheckpointWriter(tmp_path, max_shard_size=10_000, metadata={"step": "7"}) as writer:
+        for name, tensor in tensors.items():
+            copy = tensor.clone()  # only the writer holds it
+            refs.append(weakref.ref(copy))
+            writer.save_tensor(name, copy)
+            del copy
+            if name == "layer2.weight":
+                # 4000 + 4000 + 4000 > 10000: layers 0-1 went to a temp file, only layer 2 is held; no final name yet.
+                assert [ref() is None for ref in refs] == [True, True, False]
+                assert [TEMP_SHARD.fullmatch(path.name) is not None for path in tmp_path.iterdir()] == [True]
+        written = writer.finalize()
+    names = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    assert [path.name for path in written] == [*names, "model.safetensors.index.json"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in written)  # no temp files
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert index == {
+        "metadata": {"total_size": 24000},  # 6 x 1000 float32
+        "weight_map": {f"layer{i}.weight": names[i // 2] for i in range(6)},
+    }
+    from safetensors import safe_open
+
+    for i, name in enumerate(names):  # the library reads every shard
+        with safe_open(str(tmp_path / name), framework="pt") as handle:
+            assert handle.metadata() == {"format": "pt", "step": "7"}
+            keys = [f"layer{2 * i}.weight", f"layer{2 * i + 1}.weight"]
+            assert list(handle.keys()) == keys
+            assert all(torch.equal(handle.get_tensor(key), tensors[key]) for key in keys)
+
+
+def test_writer_one_shard_replaces_an_earlier_sharded_save(tmp_path: Path) -> None:
+    sf.save(_six_tensors(), tmp_path, max_shard_size=10_000)  # 3 shards + index
+    (tmp_path / "config.json").write_text("{}")
+    with sf.CheckpointWriter(tmp_path, max_shard_size=10_000) as writer:
+        writer.save_tensor("w", torch.arange(6.0))
+    # A clean exit finalizes: one file under the single-file name, the earlier shards and index are gone.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert list(st_torch.load_file(tmp_path / "model.safetensors")) == ["w"]
+    assert torch.equal(sf.load(tmp_path)["w"], torch.arange(6.0))
+
+
+@pytest.mark.parametrize(
+    ("failure", "error", "message"), [("producer", RuntimeError, "producer failed"), ("disk full", OSError, "No space")]
+)
+def test_writer_failure_leaves_the_folder_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str, error: type[Exception], message: str
+) -> None:
+    sf.save(_six_tensors(), tmp_path, max_shard_size=10_000)  # the previous model: 3 shards + index
+    (tmp_path / "config.json").write_text("{}")
+    before = _folder_bytes(tmp_path)
+    if failure == "disk full":
+        real_write = sf._write_tensor
+        writes: list[torch.Tensor] = []
+
+        def failing_write(stream, tensor):  # the second shard's first tensor is half written
+            writes.append(tensor)
+            if len(writes) == 3:
+                stream.write(b"\x00" * 2)
+                raise OSError(28, "No space left on device")
+            real_write(stream, tensor)
+
+        monkeypatch.setattr(sf, "_write_tensor", failing_write)
+    with pytest.raises(error, match=message), sf.CheckpointWriter(tmp_path, max_shard_size=10_000) as writer:
+        for i in range(5):  # the 3rd and 5th tensors write shards 1 and 2 (temp files)
+            writer.save_tensor(f"layer{i}.weight", torch.zeros(1000))
+        assert len([path for path in tmp_path.iterdir() if TEMP_SHARD.fullmatch(path.name)]) == 2
+        raise RuntimeError("producer failed")
+    assert _folder_bytes(tmp_path) == before  # the previous model untouched, no temp file left
+    with pytest.raises(AprenderError, match="finalized or discarded"):
+        writer.save_tensor("late", torch.zeros(1))
+
+
+def test_writer_misuse(tmp_path: Path) -> None:
+    for bad in ({"max_shard_size": "lots"}, {"prefix": "a/b"}, {"metadata": {"n": 3}}):
+        with pytest.raises(InvalidArgumentError):
+            sf.CheckpointWriter(tmp_path / "never", **bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "never").exists()  # settings are checked before the folder is made
+    writer = sf.CheckpointWriter(tmp_path)
+    writer.save_tensor("w", torch.ones(2))
+    with pytest.raises(InvalidArgumentError, match="'w' was already saved"):
+        writer.save_tensor("w", torch.zeros(2))
+    with pytest.raises(InvalidArgumentError, match="cannot store"):
+        writer.save_tensor("z", torch.ones(1, dtype=torch.complex128))
+    assert writer.finalize() == [tmp_path / "model.safetensors"]  # the rejected tensors left no trace
+    assert list(sf.load(tmp_path)) == ["w"] and torch.equal(sf.load(tmp_path)["w"], torch.ones(2))
+    with pytest.raises(AprenderError, match="finalized or discarded"):
+        writer.finalize()
+
+
+def test_a_killed_writer_leaves_only_temp_files(tmp_path: Path) -> None:
+    writer = sf.CheckpointWriter(tmp_path, max_shard_size=10_000)
+    for name, tensor in _six_tensors().items():
+        writer.save_tensor(name, tensor)
+    # Never finalized (as if the process were killed): two shards sit under temp names only.
+    temps = sorted(path.name for path in tmp_path.iterdir())
+    assert len(temps) == 2 and all(TEMP_SHARD.fullmatch(name) for name in temps)
+    assert sorted(path.name for path in remove_temp_files(tmp_path)) == temps
     assert list(tmp_path.iterdir()) == []
 
 

@@ -7,6 +7,9 @@ on the transformers model (logits), and the hand formula for dtype handling.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +20,7 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 
-from aprender.format.safetensors import load, save_file
+from aprender.format.safetensors import load, open_checkpoint, save_file
 from entrenar.errors import LoraError
 from entrenar.lora import (
     AdapterConfig,
@@ -30,6 +33,7 @@ from entrenar.lora import (
     merge_weight,
     save_adapter,
 )
+from entrenar.lora import merge as merge_module
 from entrenar.models.loading import from_pretrained, save_pretrained
 from entrenar.quant import NF4Linear
 
@@ -125,6 +129,85 @@ def test_sharded_output_and_in_memory_save_pretrained(
     merge_and_unload(model)
     save_pretrained(model, tmp_path / "saved")  # the unwrapped model is plain HF layout again
     assert load(tmp_path / "saved").keys() == load(tmp_path / "merged").keys()
+
+
+def test_failed_merge_leaves_the_earlier_output(
+    tmp_path: Path, tiny_checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = LoraConfig(rank=2, alpha=4, target_modules="all-linear", init="none")
+    model = from_pretrained(tiny_checkpoints["llama"])
+    apply_lora(model, config)
+    save_adapter(model, tmp_path / "adapter", config)
+    out = tmp_path / "merged"
+    merge_adapter_into_checkpoint(tiny_checkpoints["llama"], tmp_path / "adapter", out, max_shard_size="100KB")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    real_merge, temps_seen = merge_module.merge_weight, []
+
+    def failing_merge(*args: Any) -> torch.Tensor:
+        temps_seen.append(len(list(out.glob(".model-*.tmp"))))
+        if len(temps_seen) == 10:
+            raise RuntimeError("interrupted")
+        return real_merge(*args)
+
+    monkeypatch.setattr(merge_module, "merge_weight", failing_merge)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        merge_adapter_into_checkpoint(tiny_checkpoints["llama"], tmp_path / "adapter", out, max_shard_size="100KB")
+    assert temps_seen[-1] > 0  # shards of the failed merge had reached the disk under temp names
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert (merged(_ids()).logits - model(_ids())).abs().max().item() <= 1e-4
+
+
+# Runs in a fresh process, so the peak RSS is the merge's own (ru_maxrss is in KiB on Linux).
+_MERGE_IN_A_FRESH_PROCESS = """
+import resource, sys
+from entrenar.lora import merge_adapter_into_checkpoint
+after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+merge_adapter_into_checkpoint(sys.argv[1], sys.argv[2], sys.argv[3], max_shard_size=sys.argv[4])
+print(after_imports, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units and MALLOC_MMAP_THRESHOLD_ are Linux/glibc's")
+def test_smollm2_merge_holds_one_shard(smollm2_hf_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = LoraConfig(rank=16, alpha=32, target_modules="all-linear", init="none")  # random non-zero A and B
+    model = from_pretrained(smollm2_hf_dir)
+    apply_lora(model, config)
+    save_adapter(model, tmp_path / "adapter", config)
+    del model
+    # glibc keeps freed heap blocks and raises its mmap threshold as tensors are freed, adding 20-70 MB of
+    # run-to-run noise; a fixed threshold hands every tensor-sized block back on free, so the peak is what is held.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    # 100 MB shards against a ~540 MB float32 base: holding one shard is clearly not holding the model.
+    args = [str(smollm2_hf_dir), str(tmp_path / "adapter"), str(tmp_path / "merged"), "100MB"]
+    result = subprocess.run(
+        [sys.executable, "-c", _MERGE_IN_A_FRESH_PROCESS, *args], env=env, capture_output=True, text=True, check=True
+    )
+    after_imports, peak = (int(kib) * 1024 for kib in result.stdout.split())
+    shards = sorted((tmp_path / "merged").glob("model-*.safetensors"))
+    base_size = (smollm2_hf_dir / "model.safetensors").stat().st_size
+    adapter_size = (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size
+    # The embedding matrix (49152 x 576 float32, 113 MB) exceeds 100 MB, so the largest shard is its own.
+    one_shard = max(shard.stat().st_size for shard in shards)
+    # Base and adapter are read through mmap (their pages count once touched); the writer holds one shard.
+    assert peak - after_imports <= base_size + adapter_size + one_shard, (peak - after_imports, base_size, one_shard)
+    assert len(shards) == 6  # 113 MB, four of ~99 MB, 28 MB: 538 MB in 100 MB shards
+    key = "model.layers.0.self_attn.q_proj.weight"
+    adapter = load(tmp_path / "adapter")
+    prefix = f"base_model.model.{key.removesuffix('.weight')}"
+    lora = {name: adapter[f"{prefix}.{name}.weight"] for name in ("lora_A", "lora_B")}
+    with open_checkpoint(smollm2_hf_dir) as base, open_checkpoint(tmp_path / "merged") as merged:
+        assert merged.keys() == base.keys()
+        assert torch.equal(merged.get_tensor(key), merge_weight(base.get_tensor(key), lora, config))
+        assert torch.equal(merged.get_tensor("model.norm.weight"), base.get_tensor("model.norm.weight"))
 
 
 def test_merge_weight_keeps_the_base_dtype() -> None:

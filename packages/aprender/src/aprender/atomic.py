@@ -24,14 +24,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "remove_temp_files"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "remove_temp_files",
+    "temp_path",
+]
 
-# The temp sibling of ``name``: ``.<name>.<uuid4 hex>.tmp``; `_temp_path` makes it, `remove_temp_files` finds it.
+# The temp sibling of ``name``: ``.<name>.<uuid4 hex>.tmp``; `temp_path` makes it, `remove_temp_files` finds it.
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")
 
 
-def _temp_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+def temp_path(target: str | os.PathLike[str]) -> Path:
+    """A fresh temp sibling of `target` (``.<name>.<32 hex digits>.tmp``) that `remove_temp_files` recognises."""
+    path = Path(target)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
@@ -45,7 +54,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
         Whatever `write` or the file system raises; the temp file is removed and `path` is unchanged.
     """
     target = Path(path)
-    tmp = _temp_path(target)
+    tmp = temp_path(target)
     try:
         with tmp.open("xb") as stream:  # created with the default mode, so the umask applies
             write(stream)

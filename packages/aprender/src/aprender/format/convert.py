@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -410,31 +410,17 @@ def hf_generation_config(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _load_weights(gguf: Any, config: Mapping[str, Any], arch: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Every tensor, renamed, un-permuted (llama q/k) and cast, loaded one at a time into the output dict."""
+def _hf_tensors(
+    gguf: Any, names: Mapping[str, str], config: Mapping[str, Any], arch: str, dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each tensor of `names` (GGUF -> HF name) dequantized, un-permuted (llama q/k) and cast, one at a time."""
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
-    tensors: dict[str, torch.Tensor] = {}
-    for name in gguf.tensors:
-        if name == _ROPE_FREQS:
-            continue
-        hf_name = hf_tensor_name(name)
+    for name, hf_name in names.items():
         tensor = gguf.load_tensor(name, dtype=dtype)
         role = name.split(".")[2] if name.startswith("blk.") else ""
         if arch == "llama" and role in heads:
             tensor = unpermute_rope_rows(tensor, heads[role])
-        tensors[hf_name] = tensor
-    return tensors
-
-
-def _move_into(staging: Path, out_dir: Path) -> None:
-    """Move every staged file into `out_dir` (atomic renames on one file system), then drop stale weights."""
-    written = {entry.name for entry in staging.iterdir()}
-    for name in sorted(written):
-        os.replace(staging / name, out_dir / name)
-    stale = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
-    for entry in out_dir.iterdir():
-        if entry.name not in written and stale.fullmatch(entry.name) and entry.is_file():
-            entry.unlink()
+        yield hf_name, tensor
 
 
 def convert_gguf_to_hf(
@@ -447,10 +433,11 @@ def convert_gguf_to_hf(
     """Convert a llama/qwen2 GGUF file into a folder `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
     Writes `model.safetensors` (or shards + index), `config.json`, `generation_config.json`,
-    `tokenizer.json` and `tokenizer_config.json`. Everything is validated and built in a temporary folder
-    inside `out_dir` first, then moved in; weight files of an earlier conversion that this one did not
-    write are removed, and other files in `out_dir` are left alone. Tensors are dequantized one at a time
-    straight into `dtype`, so peak memory is about the output model plus one tensor.
+    `tokenizer.json` and `tokenizer_config.json`. The tokenizer and configs are built in a temporary folder
+    inside `out_dir` and moved in last; the weights are dequantized one tensor at a time straight into
+    `dtype` and streamed through a `CheckpointWriter` (temp files until all are written), so peak memory is
+    about one output shard, and a failure leaves `out_dir` as it was. Weight files of an earlier conversion
+    that this one did not write are removed; other files in `out_dir` are left alone.
 
     Args:
         gguf_path: the `.gguf` file.
@@ -475,15 +462,18 @@ def convert_gguf_to_hf(
         rope_freqs = gguf.load_tensor(_ROPE_FREQS) if _ROPE_FREQS in shapes else None
         config = hf_config_from_gguf(gguf.metadata, shapes, dtype=dtype, rope_freqs=rope_freqs)
         target.mkdir(parents=True, exist_ok=True)
+        # Every name is mapped before anything is dequantized; rope_freqs went into the config.
+        names = {name: hf_tensor_name(name) for name in shapes if name != _ROPE_FREQS}
         staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target))
         try:
             save_gguf_tokenizer(gguf.metadata, staging)
             atomic_write_json(staging / "config.json", config)
             atomic_write_json(staging / "generation_config.json", hf_generation_config(gguf.metadata))
-            tensors = _load_weights(gguf, config, arch, dtype)
-            safetensors.save(tensors, staging, max_shard_size=max_shard_size)
-            del tensors
-            _move_into(staging, target)
+            with safetensors.CheckpointWriter(target, max_shard_size=max_shard_size) as writer:
+                for hf_name, tensor in _hf_tensors(gguf, names, config, arch, dtype):
+                    writer.save_tensor(hf_name, tensor)
+            for entry in sorted(staging.iterdir()):
+                os.replace(entry, target / entry.name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -10,9 +10,11 @@ Sharded checkpoints use the layout transformers writes and reads
 plus ``model.safetensors.index.json`` = ``{"metadata": {"total_size": N}, "weight_map": {name: shard}}``.
 
 Writing is done here, one tensor at a time (no second copy of the model in memory), into a temp
-file that replaces the target atomically. Reading validates every header here first, then hands the
-file to ``safetensors.safe_open`` (mmap: one tensor is read without reading the rest). Any problem
-with a file surfaces as `FormatError` naming the file.
+file that replaces the target atomically. `CheckpointWriter` streams a checkpoint: it holds one
+shard in memory and gives the files their final names only when finalized; `save` feeds it a whole
+dict. Reading validates every header here first, then hands the file to ``safetensors.safe_open``
+(mmap: one tensor is read without reading the rest). Any problem with a file surfaces as
+`FormatError` naming the file.
 
 Example:
     >>> save({"w": torch.ones(2, 3)}, "out", max_shard_size="5GB")  # doctest: +SKIP
@@ -37,11 +39,12 @@ from typing import IO, Any, TypeGuard
 import torch
 from safetensors import SafetensorError, safe_open
 
-from aprender.atomic import atomic_write
+from aprender.atomic import atomic_write, atomic_write_json, temp_path
 from aprender.errors import AprenderError, FormatError, InvalidArgumentError
 
 __all__ = [
     "CheckpointReader",
+    "CheckpointWriter",
     "load",
     "load_file",
     "load_metadata",
@@ -198,13 +201,9 @@ def save(
 ) -> list[Path]:
     """Write tensors in the Hugging Face layout, sharded when they exceed `max_shard_size`.
 
-    Tensors go into shards in the mapping's order; a shard is closed when the next tensor would
-    push its data past `max_shard_size`, and a tensor larger than the limit gets a shard of its
-    own (transformers' rule). One shard is written as ``{prefix}.safetensors``; several as
-    ``{prefix}-00001-of-0000N.safetensors`` plus ``{prefix}.safetensors.index.json`` whose
-    ``total_size`` is the sum of the tensors' data bytes. Every file carries ``{"format": "pt"}``
-    (as transformers writes) plus `metadata`. Shards and index files of the same prefix left by an
-    earlier save are removed afterwards, so the folder never mixes two saves.
+    The tensors go through a `CheckpointWriter` in the mapping's order (see it for the shard rule,
+    the file names, the index and the removal of an earlier save's files). Everything is checked
+    before anything is written.
 
     Args:
         tensors: Name -> tensor, as for `save_file`.
@@ -220,21 +219,175 @@ def save(
         InvalidArgumentError: Bad `max_shard_size`, `prefix`, tensor or metadata.
         OSError: The folder cannot be written.
     """
-    limit = parse_size(max_shard_size)
-    if not prefix or prefix != Path(prefix).name or prefix in {".", ".."}:
-        raise InvalidArgumentError(f"prefix {prefix!r} must be a plain file name stem such as 'model'")
-    file_metadata = {"format": "pt", **_checked_metadata(metadata)}
-    _check_tensors(tensors)
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    groups = _plan_shards(tensors, limit)
-    if len(groups) == 1:
-        written = [out / f"{prefix}.safetensors"]
-        save_file(tensors, written[0], file_metadata)
-    else:
-        written = _save_shards(tensors, out, groups, file_metadata, prefix)
-    _remove_stale(out, prefix, keep={path.name for path in written})
-    return written
+    _check_tensors(tensors)  # before the writer creates the folder
+    with CheckpointWriter(folder, max_shard_size=max_shard_size, metadata=metadata, prefix=prefix) as writer:
+        for name, tensor in tensors.items():
+            writer.save_tensor(name, tensor)
+        return writer.finalize()
+
+
+class CheckpointWriter:
+    """Write a Hugging Face checkpoint tensor by tensor, holding at most one shard in memory.
+
+    Modelled on mergekit's ``TensorWriter``: `save_tensor` appends to the current shard, which is
+    written to a temp file in the folder (and dropped from memory) when the next tensor would push
+    its data past `max_shard_size`; a tensor larger than the limit gets a shard of its own
+    (transformers' rule). `finalize` writes the last shard and the index, then renames everything
+    to its final name: one shard is ``{prefix}.safetensors``, several are
+    ``{prefix}-00001-of-0000N.safetensors`` plus ``{prefix}.safetensors.index.json``
+    (``{"metadata": {"total_size": data bytes}, "weight_map": {name: shard}}``). Files of the same
+    prefix left by an earlier save are then removed, so the folder never mixes two saves. Every
+    file carries ``{"format": "pt"}`` plus `metadata`.
+
+    Until `finalize` no file has a final name, so a failure leaves the folder's previous model as it
+    was. As a context manager it finalizes on a clean exit and removes its temp files on an
+    exception; temp files a killed process leaves are the ones `aprender.atomic.remove_temp_files`
+    removes.
+
+    Example:
+        >>> with CheckpointWriter("out", max_shard_size="2GB") as writer:  # doctest: +SKIP
+        ...     for name in reader.keys():
+        ...         writer.save_tensor(name, reader.get_tensor(name))
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        max_shard_size: int | str = "5GB",
+        metadata: dict[str, str] | None = None,
+        prefix: str = "model",
+    ) -> None:
+        """Check the settings and create `folder` if missing.
+
+        Args:
+            folder: Output folder.
+            max_shard_size: Largest data size per shard, bytes or a string such as ``"500MB"``.
+            metadata: Extra string annotations stored in every file (may override ``format``).
+            prefix: File name stem, e.g. ``"model"`` or ``"adapter_model"``.
+
+        Raises:
+            InvalidArgumentError: Bad `max_shard_size`, `prefix` or metadata.
+            OSError: The folder cannot be created.
+        """
+        self._limit = parse_size(max_shard_size)
+        if not prefix or prefix != Path(prefix).name or prefix in {".", ".."}:
+            raise InvalidArgumentError(f"prefix {prefix!r} must be a plain file name stem such as 'model'")
+        self._metadata = {"format": "pt", **_checked_metadata(metadata)}
+        self._folder = Path(folder)
+        self._prefix = prefix
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._current: dict[str, torch.Tensor] = {}
+        self._current_size = 0
+        self._shards: list[list[str]] = []  # the tensor names of each shard written
+        self._temps: list[Path] = []  # the temp files written: the shards in order, then the index
+        self._names: set[str] = set()
+        self._total_size = 0
+        self._closed = False
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self._closed:
+            return
+        if exc_type is None:
+            self.finalize()
+        else:
+            self._discard()
+
+    def save_tensor(self, name: str, tensor: torch.Tensor) -> None:
+        """Add one tensor; the current shard is written first when `tensor` would overflow it.
+
+        The writer keeps a reference to `tensor` until its shard is written; do not modify it in place.
+
+        Args:
+            name: The tensor's name in the checkpoint (each name once).
+            tensor: Any tensor `save_file` accepts.
+
+        Raises:
+            InvalidArgumentError: A repeated or bad name, or a tensor that cannot be stored.
+            AprenderError: The writer is already finalized or discarded.
+            OSError: Writing the full shard failed (the writer is discarded: its temp files are removed).
+        """
+        self._check_open()
+        _check_tensors({name: tensor})
+        if name in self._names:
+            raise InvalidArgumentError(f"tensor {name!r} was already saved; each name is written once")
+        size = _nbytes(tensor)
+        if self._current and self._current_size + size > self._limit:
+            self._write_shard()
+        self._current[name] = tensor
+        self._current_size += size
+        self._total_size += size
+        self._names.add(name)
+
+    def finalize(self) -> list[Path]:
+        """Write the last shard and the index, move every file to its final name, remove stale files.
+
+        Returns:
+            The files written: the shards in order, then the index when sharded.
+
+        Raises:
+            AprenderError: The writer is already finalized or discarded.
+            OSError: A write failed; the temp files are removed and no file was renamed (every write
+                happens before the first rename).
+        """
+        self._check_open()
+        try:
+            if self._current or not self._shards:
+                self._write_shard()
+            moves = self._final_names()
+            for temp, final in moves:
+                os.replace(temp, final)
+        except BaseException:
+            self._discard()
+            raise
+        self._closed = True
+        written = [final for _, final in moves]
+        _remove_stale(self._folder, self._prefix, keep={path.name for path in written})
+        return written
+
+    def _write_shard(self) -> None:
+        """Write the buffered tensors to a temp file and drop them; on failure, discard the writer."""
+        temp = temp_path(self._folder / f"{self._prefix}-{len(self._shards) + 1:05d}.safetensors")
+        try:
+            save_file(self._current, temp, self._metadata)
+        except BaseException:
+            self._discard()
+            raise
+        self._temps.append(temp)
+        self._shards.append(list(self._current))
+        self._current, self._current_size = {}, 0
+
+    def _final_names(self) -> list[tuple[Path, Path]]:
+        """(temp, final) for every shard, plus the index (written to a temp file here) when sharded."""
+        count = len(self._shards)
+        if count == 1:
+            return [(self._temps[0], self._folder / f"{self._prefix}.safetensors")]
+        moves: list[tuple[Path, Path]] = []
+        weight_map: dict[str, str] = {}
+        for number, (temp, names) in enumerate(zip(self._temps, self._shards, strict=True), start=1):
+            final = self._folder / f"{self._prefix}-{number:05d}-of-{count:05d}.safetensors"
+            weight_map.update(dict.fromkeys(names, final.name))
+            moves.append((temp, final))
+        index = self._folder / f"{self._prefix}.safetensors.index.json"
+        self._temps.append(temp_path(index))
+        atomic_write_json(self._temps[-1], {"metadata": {"total_size": self._total_size}, "weight_map": weight_map})
+        return [*moves, (self._temps[-1], index)]
+
+    def _discard(self) -> None:
+        """Drop the buffered shard and remove every temp file written so far."""
+        self._closed = True
+        self._current = {}
+        for temp in self._temps:
+            temp.unlink(missing_ok=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AprenderError(f"{self._folder}: this checkpoint writer is finalized or discarded; open a new one")
 
 
 def _plan_file(
@@ -295,40 +448,6 @@ def _write_tensor(stream: IO[bytes], tensor: torch.Tensor) -> None:
     """Append one tensor's bytes: row-major, little-endian (the host order on every torch platform)."""
     data = tensor.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
     stream.write(data.reshape(-1).view(torch.uint8).numpy().data)
-
-
-def _plan_shards(tensors: Mapping[str, torch.Tensor], limit: int) -> list[list[str]]:
-    """Group names in order into shards of at most `limit` data bytes (an oversized tensor alone)."""
-    shards: list[list[str]] = []
-    current: list[str] = []
-    current_size = 0
-    for name, tensor in tensors.items():
-        size = _nbytes(tensor)
-        if current and current_size + size > limit:
-            shards.append(current)
-            current, current_size = [], 0
-        current.append(name)
-        current_size += size
-    if current or not shards:
-        shards.append(current)
-    return shards
-
-
-def _save_shards(
-    tensors: Mapping[str, torch.Tensor], folder: Path, groups: list[list[str]], metadata: dict[str, str], prefix: str
-) -> list[Path]:
-    paths: list[Path] = []
-    weight_map: dict[str, str] = {}
-    for number, names in enumerate(groups, start=1):
-        path = folder / f"{prefix}-{number:05d}-of-{len(groups):05d}.safetensors"
-        save_file({name: tensors[name] for name in names}, path, metadata)
-        weight_map.update(dict.fromkeys(names, path.name))
-        paths.append(path)
-    index = {"metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())}, "weight_map": weight_map}
-    text = (json.dumps(index, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    index_path = folder / f"{prefix}.safetensors.index.json"
-    atomic_write(index_path, lambda stream: stream.write(text))
-    return [*paths, index_path]
 
 
 def _remove_stale(folder: Path, prefix: str, keep: set[str]) -> None:

@@ -8,8 +8,9 @@ loads one; https://arxiv.org/abs/2404.02948). So a checkpoint merged on disk equ
 PEFT's ``merge_and_unload``.
 
 The on-disk merge reads the base checkpoint lazily (``aprender.format.safetensors.open_checkpoint``: one
-tensor at a time through mmap), merges each targeted weight as it is read, and writes the result with
-``aprender.format.safetensors.save`` (sharded like the base when large): the model is held once, not twice.
+tensor at a time through mmap), merges each targeted weight as it is read and hands every tensor to a
+``CheckpointWriter``, which writes a shard as soon as it is full. Peak memory is the base file's mapped
+pages plus one output shard and the adapter, not a second copy of the model.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from aprender.atomic import atomic_write
-from aprender.format.safetensors import CheckpointReader, open_checkpoint, save
+from aprender.format.safetensors import CheckpointReader, CheckpointWriter, open_checkpoint
 from entrenar.errors import LoraError
 from entrenar.lora.config import LoraConfig
 from entrenar.lora.linear import dora_merge, lora_delta, pissa_split
@@ -101,7 +102,9 @@ def merge_adapter_into_checkpoint(
     *,
     max_shard_size: int | str = "5GB",
 ) -> list[Path]:
-    """Write base + adapter as a plain Hugging Face checkpoint, merging tensor by tensor.
+    """Write base + adapter as a plain Hugging Face checkpoint, merging and writing tensor by tensor.
+
+    The weights are streamed through a `CheckpointWriter`: a failure leaves `out_dir`'s previous weights as they were.
 
     Args:
         base_dir: The base model folder (safetensors, single or sharded, plus config.json).
@@ -124,12 +127,12 @@ def merge_adapter_into_checkpoint(
     adapters = read_adapter_weights(adapter_dir)
     with open_checkpoint(base) as reader:
         targets = _target_keys(reader, adapters, config, base)
-        tensors: dict[str, Tensor] = {}
-        for name in list(reader.keys()):
-            tensor = reader.get_tensor(name)
-            path = targets.get(name)
-            tensors[name] = tensor if path is None else merge_weight(tensor, adapters[path], config)
-        written = save(tensors, out, max_shard_size=max_shard_size)
+        with CheckpointWriter(out, max_shard_size=max_shard_size) as writer:
+            for name in list(reader.keys()):
+                tensor = reader.get_tensor(name)
+                path = targets.get(name)
+                writer.save_tensor(name, tensor if path is None else merge_weight(tensor, adapters.pop(path), config))
+            written = writer.finalize()
     for name in COPIED_FILES:
         if (base / name).is_file():
             _copy(base / name, out / name)

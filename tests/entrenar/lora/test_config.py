@@ -47,7 +47,6 @@ def test_target_modules_normalised() -> None:
         ({"target_modules": ""}, "target_modules is empty"),
         ({"target_modules": "q_proj("}, "does not compile"),
         ({"target_modules": 3}, "target_modules 3"),
-        ({"include_lm_head": True}, "include_lm_head"),
     ],
 )
 def test_invalid_fields_are_named(kwargs: dict[str, object], needle: str) -> None:
@@ -55,7 +54,3 @@ def test_invalid_fields_are_named(kwargs: dict[str, object], needle: str) -> Non
         LoraConfig(**kwargs)  # type: ignore[arg-type]
     assert needle in str(info.value)
     assert isinstance(info.value, EntrenarError)
-
-
-def test_include_lm_head_with_all_linear_is_valid() -> None:
-    assert LoraConfig(target_modules="all-linear", include_lm_head=True).include_lm_head

@@ -60,14 +60,16 @@ def test_selection_equals_peft_on_hf_and_our_model(
     assert set(factory.adapted) == set(lora_modules(built)) == expected
 
 
-def test_include_lm_head_adds_the_untied_head(load_hf: Callable[[str], Any]) -> None:
+def test_naming_lm_head_adds_the_untied_head(load_hf: Callable[[str], Any]) -> None:
     model = load_hf("qwen2")
     plain = set(select_target_modules(model, LoraConfig(target_modules="all-linear")))
-    with_head = select_target_modules(model, LoraConfig(target_modules="all-linear", include_lm_head=True))
+    assert "lm_head" not in plain  # "all-linear" never adapts the head, as PEFT
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+    with_head = select_target_modules(model, LoraConfig(target_modules=names))
     assert set(with_head) == plain | {"lm_head"}
-    assert apply_lora(model, LoraConfig(target_modules="all-linear", include_lm_head=True)) == with_head
+    assert apply_lora(model, LoraConfig(target_modules=names)) == with_head
     assert isinstance(model.lm_head, LoRALinear)
-    factory = lora_linear_factory(LoraConfig(target_modules="all-linear", include_lm_head=True))
+    factory = lora_linear_factory(LoraConfig(target_modules=names))
     assert isinstance(factory("lm_head", 4, 8, False), LoRALinear)
 
 

@@ -64,7 +64,7 @@ def test_only_labelled_positions_reach_the_lm_head(
 ) -> None:
     # _batch has 2 x 9 positions: row 0 loses 3 prompt positions and the last one (5 labelled), row 1 loses
     # positions 5-8 (5 labelled): 10 rows reach the head; "none" keeps all 18, as it returns a loss per position.
-    import entrenar.train.loss as loss_module
+    import entrenar.models.head_loss as loss_module
 
     seen: list[int] = []
     original = loss_module.chunked_causal_lm_loss

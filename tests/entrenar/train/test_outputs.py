@@ -126,7 +126,7 @@ def test_metrics_and_resolved_config(trained: Callable[[str], Any]) -> None:
     out = result.output_dir
     records = runs.read_metrics(out)
     assert [r["step"] for r in records] == list(range(1, 31))
-    assert set(records[0]) == {"kind", "step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "tokens"}
+    assert set(records[0]) == {"kind", "step", "epoch", "loss", "parts", "lr", "grad_norm", "tokens_per_s", "tokens"}
     assert records[0]["epoch"] == 0.5 and records[0]["lr"] == 1.0e-2
     assert all(r["tokens_per_s"] > 0 and r["grad_norm"] > 0 for r in records)
     assert load_config(out / "config.yaml") == result.run.config

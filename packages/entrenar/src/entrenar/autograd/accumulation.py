@@ -11,15 +11,17 @@ micro-batch's token count is, so the count comes first:
    big batch's mean loss, however unevenly the tokens (padding, masked prompts) fall.
 
 `backward_accumulated` does both steps for a list of micro-batches; `GradientAccumulator` is step 2 for a
-loop that drives the forward passes itself. Labels must be aligned with the positions whose loss is summed
-(``aprender.loss.shift_labels`` for next-token prediction), so the count matches the summed tokens.
+loop that drives the forward passes itself. A loss may come in named parts (`LossParts`: cross-entropy,
+distillation ...); the total is what is backpropagated, and each part is averaged the same way for logging.
+Labels must be aligned with the positions whose loss is summed (``aprender.loss.shift_labels`` for
+next-token prediction), so the count matches the summed tokens.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -32,8 +34,23 @@ MicroBatch = Mapping[str, Any]
 
 BatchT = TypeVar("BatchT", bound=MicroBatch)
 
-LossFn = Callable[[BatchT], torch.Tensor]
-"""Forward pass + loss of one micro-batch: the SUM of its per-token losses (``reduction="sum"``), a scalar."""
+
+@dataclass(frozen=True)
+class LossParts:
+    """A micro-batch's summed loss and its named parts, each summed over the same target tokens.
+
+    Attributes:
+        total: What is optimized, a scalar that requires grad (e.g. ``(1 - a) * ce + a * kd``).
+        parts: Each part by name (``"ce"``, ``"kd"`` ...), scalars; logged, not backpropagated.
+    """
+
+    total: torch.Tensor
+    parts: Mapping[str, torch.Tensor]
+
+
+LossFn = Callable[[BatchT], torch.Tensor | LossParts]
+"""Forward pass + loss of one micro-batch: the SUM of its per-token losses (``reduction="sum"``), a scalar,
+or `LossParts` with that sum as the total."""
 
 
 @dataclass(frozen=True)
@@ -44,11 +61,13 @@ class AccumulationResult:
         loss: Mean loss per target token over all micro-batches (the big batch's mean loss), for logging.
         num_tokens: Target tokens (labels != ignore_index) over all micro-batches.
         num_micro_batches: Backward passes taken.
+        parts: Each named part of the loss, averaged like `loss` (empty for a plain tensor loss).
     """
 
     loss: float
     num_tokens: int
     num_micro_batches: int
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 def count_target_tokens(
@@ -113,38 +132,49 @@ class GradientAccumulator:
         self._num_tokens = num_tokens
         self._scaler = scaler if scaler is not None else LossScaler(None)
         self._total: torch.Tensor | None = None
+        self._parts: dict[str, torch.Tensor] = {}
         self._steps = 0
 
-    def backward(self, summed_loss: torch.Tensor) -> None:
+    def backward(self, summed_loss: torch.Tensor | LossParts) -> None:
         """Backpropagate one micro-batch: ``scale(summed_loss / num_tokens).backward()``.
 
         Args:
-            summed_loss: Sum of the micro-batch's per-token losses, a scalar that requires grad.
+            summed_loss: Sum of the micro-batch's per-token losses, a scalar that requires grad, or
+                `LossParts` holding it as the total.
 
         Raises:
-            GradientEngineError: If `summed_loss` is not a scalar tensor that requires grad.
+            GradientEngineError: If the (total) loss is not a scalar tensor that requires grad.
         """
-        if not isinstance(summed_loss, torch.Tensor) or summed_loss.dim() != 0:
-            shape = tuple(summed_loss.shape) if isinstance(summed_loss, torch.Tensor) else type(summed_loss).__name__
+        parts = summed_loss.parts if isinstance(summed_loss, LossParts) else {}
+        total = summed_loss.total if isinstance(summed_loss, LossParts) else summed_loss
+        if not isinstance(total, torch.Tensor) or total.dim() != 0:
+            shape = tuple(total.shape) if isinstance(total, torch.Tensor) else type(total).__name__
             raise GradientEngineError(
                 f"GradientAccumulator.backward: got {shape}; pass the micro-batch's summed token loss as a "
                 "scalar tensor (reduction='sum')"
             )
-        if not summed_loss.requires_grad:
+        if not total.requires_grad:
             raise GradientEngineError(
                 "GradientAccumulator.backward: the loss does not require grad; compute it with grad enabled "
                 "from a model with trainable parameters"
             )
-        self._scaler.scale(summed_loss / max(self._num_tokens, 1)).backward()
-        detached = summed_loss.detach().float()
+        self._scaler.scale(total / max(self._num_tokens, 1)).backward()
+        detached = total.detach().float()
         self._total = detached if self._total is None else self._total + detached
+        for name, part in parts.items():
+            value = part.detach().float()
+            self._parts[name] = self._parts[name] + value if name in self._parts else value
         self._steps += 1
 
     def result(self) -> AccumulationResult:
         """The token-weighted mean loss of the micro-batches so far (one host sync)."""
         total = 0.0 if self._total is None else float(self._total.item())
+        tokens = max(self._num_tokens, 1)
         return AccumulationResult(
-            loss=total / max(self._num_tokens, 1), num_tokens=self._num_tokens, num_micro_batches=self._steps
+            loss=total / tokens,
+            num_tokens=self._num_tokens,
+            num_micro_batches=self._steps,
+            parts={name: float(part.item()) / tokens for name, part in self._parts.items()},
         )
 
 
@@ -165,14 +195,14 @@ def backward_accumulated(
     Args:
         micro_batches: The micro-batches of one optimizer step, each a mapping with labels (B, T).
         loss_fn: Returns a micro-batch's summed per-token loss (e.g. ``chunked_causal_lm_loss(...,
-            reduction="sum")``) over exactly the positions whose label is not `ignore_index`.
+            reduction="sum")``) over exactly the positions whose label is not `ignore_index`, or `LossParts`.
         labels_key: Key of the labels in each micro-batch.
         ignore_index: Label value of positions without a loss.
         precision: Runs each forward pass under its autocast; None: no autocast.
         scaler: Scales each loss before backward (float16); None: no scaling.
 
     Returns:
-        The mean loss per target token, the token count and the number of micro-batches.
+        The mean loss per target token (and of each part), the token count and the number of micro-batches.
 
     Raises:
         GradientEngineError: If there are no micro-batches, a micro-batch lacks labels, or `loss_fn` returns

@@ -44,8 +44,6 @@ class LoraConfig:
         use_rslora: Scale by ``alpha / sqrt(rank)`` instead of ``alpha / rank``.
         use_dora: Weight-decomposed LoRA: a trainable magnitude per output row.
         init: ``"default"``, ``"gaussian"``, ``"pissa"`` or ``"none"`` (see `INITS`).
-        include_lm_head: With ``"all-linear"``, adapt the LM head too (PEFT never does; it is then listed by
-            path in the saved config so PEFT selects it as well).
 
     Raises:
         LoraError: Any field out of range (the message names it).
@@ -62,7 +60,6 @@ class LoraConfig:
     use_rslora: bool = False
     use_dora: bool = False
     init: str = "default"
-    include_lm_head: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
@@ -74,10 +71,6 @@ class LoraConfig:
         if self.init not in INITS:
             raise LoraError(f"LoRA init {self.init!r} is not supported; use one of {', '.join(INITS)}")
         object.__setattr__(self, "target_modules", _checked_targets(self.target_modules))
-        if self.include_lm_head and self.target_modules != ALL_LINEAR:
-            raise LoraError(
-                "LoRA include_lm_head applies to target_modules='all-linear' only; list 'lm_head' in target_modules"
-            )
 
     @property
     def scaling(self) -> float:

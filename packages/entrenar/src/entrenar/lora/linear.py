@@ -222,6 +222,31 @@ class LoRALinear(nn.Module):
             return self._dora_forward(x, result).to(result.dtype)
         return self._add_update(result, self.lora_dropout(x))
 
+    def matmul_operands(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(x', W')`` with ``x' @ W'.T`` equal to this layer's output, for a fused LM-head loss.
+
+        ``x' = [x, scaling * dropout(x) A^T]`` and ``W' = [W, B]``: the adapter's rank-r activations ride
+        along as r extra input features, so a loss that takes one matrix (the chunked cross-entropy) trains A
+        and B through autograd. None where no such pair exists (a bias, a quantized base, DoRA).
+
+        Args:
+            x: (N, in_features).
+
+        Returns:
+            x' (N, in_features + r) and W' (out_features, in_features + r), both in x's dtype, or None.
+        """
+        if self.bias is not None or self.weight is None:
+            return None
+        if self.disabled and self.merged:
+            self.unmerge()
+        if self.disabled or self.merged:
+            return x, self.weight.to(x.dtype)
+        if self.use_dora:
+            return None
+        down = F.linear(self.lora_dropout(x.to(self.lora_A.dtype)), self.lora_A) * self.scaling
+        weight = torch.cat([self.weight.to(x.dtype), self.lora_B.to(x.dtype)], 1)
+        return torch.cat([x, down.to(x.dtype)], -1), weight
+
     def _add_update(self, result: Tensor, x: Tensor) -> Tensor:
         """``result + scaling * (x A^T) B^T`` in the base output's dtype.
 

@@ -6,8 +6,8 @@ Selection follows PEFT (``tuners/tuners_utils.py: check_target_module_exists`` a
 - names (``["q_proj", "v_proj"]``): a module whose path equals a name or ends with ``"." + name``;
 - a regex string: ``re.fullmatch`` against the whole module path;
 - ``"all-linear"``: every linear layer except the output head (``get_output_embeddings()`` /
-  ``output_embeddings()`` when the model has one, else a child named ``lm_head``), unless
-  ``include_lm_head``.
+  ``output_embeddings()`` when the model has one, else a child named ``lm_head``); name ``lm_head`` among
+  the targets to adapt it.
 
 Two ways in: `apply_lora` swaps the selected ``nn.Linear`` modules of a built model for `LoRALinear`;
 `lora_linear_factory` is handed to the model builder (``entrenar.models``), which calls it with each
@@ -130,7 +130,7 @@ def select_target_modules(model: nn.Module, config: LoraConfig) -> list[str]:
     linear = linear_modules(model)
     targets = config.target_modules
     if targets == ALL_LINEAR:
-        heads = set() if config.include_lm_head else _output_head_paths(model)
+        heads = _output_head_paths(model)
         selected = [path for path in linear if path not in heads]
         if not selected:
             raise _unmatched_error(repr(ALL_LINEAR), list(linear))
@@ -200,7 +200,7 @@ class LoraLinearFactory:
     """A `LinearFactory` that returns `LoRALinear` for targeted paths and the base factory's module otherwise.
 
     The model builder calls it with each projection's full path (``"model.layers.0.self_attn.q_proj"``,
-    ``"lm_head"``); ``"all-linear"`` leaves out ``lm_head`` unless ``include_lm_head``. After building, call
+    ``"lm_head"``); ``"all-linear"`` leaves out ``lm_head``. After building, call
     `check_targets` to learn about targets that matched no layer.
 
     Args:
@@ -229,7 +229,7 @@ class LoraLinearFactory:
 
     def _targets(self, name: str) -> bool:
         if self.config.target_modules == ALL_LINEAR:
-            return self.config.include_lm_head or name != LM_HEAD
+            return name != LM_HEAD
         return _matches(self.config.target_modules, name)
 
     def check_targets(self) -> None:

@@ -9,6 +9,7 @@ Example:
 
 from entrenar.models.cache import KVCache
 from entrenar.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
+from entrenar.models.head_loss import IGNORE_INDEX, LossOutput
 from entrenar.models.linear import LinearFactory, SelfInitializing, make_linear
 from entrenar.models.loading import (
     CONFIG_FILES,
@@ -22,11 +23,13 @@ from entrenar.models.model import CausalLM
 
 __all__ = [
     "CONFIG_FILES",
+    "IGNORE_INDEX",
     "MODEL_FILE_PATTERNS",
     "SUPPORTED_MODEL_TYPES",
     "CausalLM",
     "KVCache",
     "LinearFactory",
+    "LossOutput",
     "ModelConfig",
     "SelfInitializing",
     "from_pretrained",

@@ -5,8 +5,9 @@ with RoPE -> residual -> RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> LM hea
 matrix when tied). Family differences live in `ModelConfig` (biases, Qwen3 q/k norm, sliding window,
 RoPE scaling); the numerics follow the transformers implementations so logits match them.
 
-The loss is not computed here: the trainer takes `CausalLM.forward_hidden` and `CausalLM.lm_head_weight`
-to a chunked cross-entropy that never materialises all the logits.
+With ``labels``, the forward pass returns the loss instead of the logits (`entrenar.models.head_loss`: a
+chunked cross-entropy through the LM head that never materialises all the logits), so that everything
+wrapping the model's forward (DDP, FSDP2, compile) sees the whole computation.
 
 Inputs the forward pass understands:
 
@@ -29,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from entrenar.errors import ModelInputError
 from entrenar.models.cache import KVCache
 from entrenar.models.config import ModelConfig
+from entrenar.models.head_loss import DEFAULT_LOSS_CHUNK_SIZE, LossOutput, Reduction, head_loss
 from entrenar.models.layers import DecoderLayer, RMSNorm
 from entrenar.models.linear import LinearFactory, make_linear
 from entrenar.models.masks import AttentionMask, build_attention_masks, segment_ids_from_positions
@@ -146,8 +148,13 @@ class CausalLM(nn.Module):
         position_ids: Tensor | None = None,
         seq_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
-    ) -> Tensor:
-        """Logits for every position.
+        labels: Tensor | None = None,
+        *,
+        reduction: Reduction = "sum",
+        loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE,
+        predict: bool = False,
+    ) -> Tensor | LossOutput:
+        """Logits for every position or, given labels, the next-token loss.
 
         Args:
             input_ids: Token ids, shape (B, T).
@@ -155,14 +162,31 @@ class CausalLM(nn.Module):
             position_ids: Positions, shape (B, T) or (1, T).
             seq_ids: Packed-sample ids, shape (B, T); not with a KV cache.
             kv_cache: Cache to read and extend.
+            labels: What each position predicts, shape (B, T), -100 where nothing (already shifted: the
+                data pipeline aligns them). Given, the loss is returned instead of the logits.
+            reduction: With labels: "sum" over the labelled tokens (default), "mean" or "none".
+            loss_chunk_size: With labels: tokens per chunk of logits.
+            predict: With labels: also return the arg-max token at every position.
 
         Returns:
-            Logits, shape (B, T, vocab_size), in the model's dtype.
+            Logits (B, T, vocab_size) in the model's dtype; with labels a `LossOutput` (summed loss, labelled
+            token count, predictions).
 
         Raises:
             ModelInputError: Inconsistent shapes or options.
         """
-        return self.logits(self.forward_hidden(input_ids, attention_mask, position_ids, seq_ids, kv_cache))
+        hidden = self.forward_hidden(input_ids, attention_mask, position_ids, seq_ids, kv_cache)
+        if labels is None:
+            return self.logits(hidden)
+        return head_loss(
+            self.output_embeddings(),
+            self.logits,
+            hidden,
+            labels,
+            reduction=reduction,
+            chunk_size=loss_chunk_size,
+            predict=predict,
+        )
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Project final hidden states to the vocabulary.

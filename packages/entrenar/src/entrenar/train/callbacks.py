@@ -1,9 +1,15 @@
 """Callbacks: what happens around the training loop's steps, each in its own small class.
 
-The `Trainer` calls, in this order per optimizer step: the step itself, then `Callback.on_log` with a
-``metrics.jsonl`` record when a log is due, `Callback.on_evaluate` with an eval record when an evaluation
-is due, then `Callback.on_step_end`. Callbacks run in the order given, so a checkpoint taken in
-``on_step_end`` already holds that step's records and early-stopping verdict.
+The `Trainer` calls, in this order per optimizer step: the step itself with `Callback.on_optimizer_step`
+right after the optimizer updated the weights (before the schedule moves on: where pruning masks and QAT
+counters live), then `Callback.on_log` with a ``metrics.jsonl`` record when a log is due,
+`Callback.on_evaluate` with an eval record when an evaluation is due, then `Callback.on_step_end`.
+Callbacks run in the order given, so a checkpoint taken in ``on_step_end`` already holds that step's
+records and early-stopping verdict.
+
+A callback with state of its own returns it from `Callback.state_dict` (tensors allowed): every checkpoint
+saves it under the callback's `Callback.state_key` and a resumed run hands it back to `load_state_dict`
+before the first step, so a resumed run stays bit-identical.
 
 - `MetricsLogger` writes ``metrics.jsonl`` (one JSON object per line; ``kind`` is ``"train"`` or
   ``"eval"``); on (re)start it rewrites the file from the records in the state, so lines logged after
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,25 +34,39 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from aprender.atomic import atomic_write_text
+from entrenar.train.records import METRICS_FILENAME, EvalRecord, MetricRecord, TrainRecord
 
 if TYPE_CHECKING:
     from entrenar.train.loop import Trainer
 
 __all__ = ["METRICS_FILENAME", "Callback", "CheckpointSaver", "EarlyStopping", "MetricsLogger", "ProgressDisplay"]
 
-METRICS_FILENAME = "metrics.jsonl"
-
 
 class Callback:
-    """Base class: every hook does nothing; override the ones you need."""
+    """Base class: every hook does nothing and there is no state; override what you need."""
+
+    @property
+    def state_key(self) -> str:
+        """The name this callback's state is saved under (the class name; keep it stable across runs)."""
+        return type(self).__name__
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The callback's own state for a checkpoint (tensors allowed), or None when it has none."""
+        return None
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back what `state_dict` returned, when a run resumes from a checkpoint."""
 
     def on_train_begin(self, trainer: Trainer) -> None:
         """Before the first step of this session (after a resume, the state is the restored one)."""
 
-    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_optimizer_step(self, trainer: Trainer) -> None:
+        """Right after each optimizer step (``trainer.state.step`` is still the step before it)."""
+
+    def on_log(self, trainer: Trainer, record: TrainRecord) -> None:
         """A training record was added to ``trainer.state.history``."""
 
-    def on_evaluate(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_evaluate(self, trainer: Trainer, record: EvalRecord) -> None:
         """An evaluation record was added to ``trainer.state.history``."""
 
     def on_step_end(self, trainer: Trainer) -> None:
@@ -58,7 +79,7 @@ class Callback:
         """SIGINT/SIGTERM stopped the run; its checkpoint is saved and `TrainingInterrupted` follows."""
 
 
-def _json_line(record: dict[str, Any]) -> str:
+def _json_line(record: MetricRecord) -> str:
     return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
 
 
@@ -76,15 +97,15 @@ class MetricsLogger(Callback):
         """Rewrite the file from the state's records (empty for a new run)."""
         atomic_write_text(self.path, "".join(_json_line(record) for record in trainer.state.history))
 
-    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_log(self, trainer: Trainer, record: TrainRecord) -> None:
         """Append the training record."""
         self._append(record)
 
-    def on_evaluate(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_evaluate(self, trainer: Trainer, record: EvalRecord) -> None:
         """Append the evaluation record."""
         self._append(record)
 
-    def _append(self, record: dict[str, Any]) -> None:
+    def _append(self, record: MetricRecord) -> None:
         with self.path.open("a", encoding="utf-8") as stream:
             stream.write(_json_line(record))
 
@@ -115,7 +136,7 @@ class EarlyStopping(Callback):
     def __init__(self, patience: int) -> None:
         self.patience = patience
 
-    def on_evaluate(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_evaluate(self, trainer: Trainer, record: EvalRecord) -> None:
         """Set ``state.stop_reason`` once the patience is used up."""
         if trainer.state.evals_without_improvement >= self.patience:
             trainer.state.stop_reason = "early_stopping"
@@ -164,12 +185,12 @@ class ProgressDisplay(Callback):
                 "train", total=trainer.state.total_steps, completed=trainer.state.step, stats=""
             )
 
-    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_log(self, trainer: Trainer, record: TrainRecord) -> None:
         """Print a plain line (no terminal)."""
         if self._progress is None:
             self.console.print(self._describe(trainer, record), highlight=False, soft_wrap=True)
 
-    def on_evaluate(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_evaluate(self, trainer: Trainer, record: EvalRecord) -> None:
         """Print the evaluation result."""
         line = (
             f"eval step {record['step']}: loss {record['eval_loss']:.4f} | perplexity {record['eval_perplexity']:.3f}"
@@ -180,7 +201,7 @@ class ProgressDisplay(Callback):
     def on_step_end(self, trainer: Trainer) -> None:
         """Advance the bar (terminal only)."""
         if self._progress is not None and self._task is not None:
-            record = trainer.state.last_record("train")
+            record = trainer.state.last_train()
             stats = self._describe(trainer, record).split(" | ", 1)[1] if record is not None else ""
             self._progress.update(self._task, completed=trainer.state.step, stats=stats)
 
@@ -197,9 +218,13 @@ class ProgressDisplay(Callback):
             self._progress.stop()
             self._progress = None
 
-    def _describe(self, trainer: Trainer, record: dict[str, Any]) -> str:
+    def _describe(self, trainer: Trainer, record: TrainRecord) -> str:
         eta = self.eta(trainer)
+        parts = record.get("parts", {})
+        # one part is the loss itself; with several (ce + kd ...) each is shown after the total
+        shown = f" ({', '.join(f'{name} {value:.4f}' for name, value in parts.items())})" if len(parts) > 1 else ""
         return (
-            f"step {record['step']}/{trainer.state.total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.3e}"
-            f" | {record['tokens_per_s']:.0f} tok/s | ETA {_format_eta(eta) if eta is not None else '?'}"
+            f"step {record['step']}/{trainer.state.total_steps} | loss {record['loss']:.4f}{shown}"
+            f" | lr {record['lr']:.3e} | {record['tokens_per_s']:.0f} tok/s"
+            f" | ETA {_format_eta(eta) if eta is not None else '?'}"
         )

@@ -5,7 +5,8 @@ Layout under ``<output_dir>/checkpoints/``::
     latest                      "step-N": the pointer; a checkpoint exists only once it is named here
     step-N/trainable.safetensors   the trainable parameters, by name
     step-N/optimizer.pt            optimizer.state_dict()
-    step-N/state.pt                scheduler and loss-scaler state, RNG states (python, numpy, torch, CUDA)
+    step-N/state.pt                scheduler and loss-scaler state, RNG states (python, numpy, torch, CUDA),
+                                   the callbacks' own states
     step-N/trainer_state.json      step, data position, the loop's own state, sha256 of the files above
 
 Saving (`save_checkpoint`) writes every file into a hidden temporary folder, fsyncs the files and the
@@ -29,7 +30,7 @@ import random
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -81,6 +82,7 @@ class Checkpoint:
         rng: `capture_rng_state` output.
         data: ``DataLoader.state_dict()``: where the next batch starts.
         trainer: The loop's own state, JSON-serialisable (counters, metrics so far, early stopping, config).
+        callbacks: Each stateful callback's ``state_dict()`` by its key (tensors allowed).
     """
 
     step: int
@@ -91,6 +93,7 @@ class Checkpoint:
     rng: dict[str, Any]
     data: dict[str, int]
     trainer: dict[str, Any]
+    callbacks: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------- RNG
@@ -166,7 +169,12 @@ def _write_files(folder: Path, checkpoint: Checkpoint) -> None:
     save_file(weights, folder / WEIGHTS_FILENAME, metadata={"format": "pt", "step": str(checkpoint.step)})
     _torch_save(checkpoint.optimizer, folder / OPTIMIZER_FILENAME)
     _torch_save(
-        {"scheduler": checkpoint.scheduler, "scaler": checkpoint.scaler, "rng": checkpoint.rng},
+        {
+            "scheduler": checkpoint.scheduler,
+            "scaler": checkpoint.scaler,
+            "rng": checkpoint.rng,
+            "callbacks": checkpoint.callbacks,
+        },
         folder / STATE_FILENAME,
     )
     hashes = {name: file_sha256(folder / name) for name in (WEIGHTS_FILENAME, OPTIMIZER_FILENAME, STATE_FILENAME)}
@@ -347,6 +355,7 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> Checkpoint:
         rng=state["rng"],
         data=content["data"],
         trainer=content["trainer"],
+        callbacks=state.get("callbacks", {}),  # checkpoints from before callbacks had state hold none
     )
 
 

@@ -4,11 +4,12 @@ One step: take ``grad_accum`` micro-batches, accumulate their gradients normalis
 tokens (`entrenar.autograd.GradientEngine`), clip, step the optimizer and the schedule. Then, when due, a
 ``metrics.jsonl`` record (every ``training.log_every`` steps and at the last one) and an evaluation
 (every ``training.eval_every`` steps and at the last one, with validation data); then the callbacks'
-``on_step_end`` (checkpoints, progress).
+``on_step_end`` (checkpoints, progress). The loss comes in named parts (``ce`` ...), each logged.
 
 Exact resume: a checkpoint holds the trainable weights, optimizer, schedule, loss scaler, every RNG
-state, the data position and the `TrainState`; `Trainer.restore` puts them all back, so the steps after
-a resume are bit for bit those of an uninterrupted run (same device and thread count).
+state, the data position, the `TrainState` and each stateful callback's state; `Trainer.restore` puts
+them all back, so the steps after a resume are bit for bit those of an uninterrupted run (same device and
+thread count).
 
 SIGINT and SIGTERM: the first one lets the current step finish, saves a checkpoint and raises
 `TrainingInterrupted`; a second SIGINT interrupts at once (KeyboardInterrupt).
@@ -34,6 +35,7 @@ from entrenar.train.build import TrainingRun
 from entrenar.train.callbacks import Callback
 from entrenar.train.checkpoint import Checkpoint, capture_rng_state, restore_rng_state, save_checkpoint
 from entrenar.train.evaluate import EvalMetrics, evaluate
+from entrenar.train.records import EvalRecord, TrainRecord
 from entrenar.train.state import LogWindow, TrainState
 
 __all__ = ["RESUMABLE_KEYS", "Trainer"]
@@ -146,7 +148,7 @@ class Trainer:
         count = min(run.config.training.grad_accum, run.plan.total_micro_batches - state.micro_batches)
         batches = [self._to_device(next(self._batches())) for _ in range(count)]
         lr = float(run.optimizer.param_groups[0]["lr"])
-        result = run.engine.backward(batches, run.loss.batch_loss)
+        result = run.engine.backward(batches, run.loss.loss_step)
         clip = run.config.training.grad_clip
         outcome = run.engine.step(
             run.optimizer,
@@ -154,9 +156,10 @@ class Trainer:
             loss=result.loss,
             clip_grad=None if clip is None else lambda params: clip_grad_norm(params, clip),
         )
+        self._emit("on_optimizer_step")
         run.scheduler.step()
         inputs = sum(int(batch["attention_mask"].sum()) for batch in batches)
-        state.add_step(result.loss, lr, outcome.grad_norm, len(batches), result.num_tokens, inputs)
+        state.add_step(result.loss, lr, outcome.grad_norm, len(batches), result.num_tokens, inputs, result.parts)
         return result.loss
 
     def _after_step(self) -> None:
@@ -174,11 +177,13 @@ class Trainer:
         state, window = self.state, self.state.window
         now = time.perf_counter()
         loss = window.loss
-        record = {
+        assert state.lr is not None and state.grad_norm is not None
+        record: TrainRecord = {
             "kind": "train",
             "step": state.step,
             "epoch": round(state.epoch, 6),
             "loss": loss,
+            "parts": window.parts,
             "lr": state.lr,
             "grad_norm": state.grad_norm,
             "tokens_per_s": window.input_tokens / max(now - self._window_start, 1e-9),
@@ -211,7 +216,7 @@ class Trainer:
             state.best_eval_loss, state.best_eval_step, state.evals_without_improvement = metrics.loss, state.step, 0
         else:
             state.evals_without_improvement += 1
-        record = {
+        record: EvalRecord = {
             "kind": "eval",
             "step": state.step,
             "epoch": round(state.epoch, 6),
@@ -247,6 +252,7 @@ class Trainer:
             rng=capture_rng_state(),
             data=run.loader.state_dict(),
             trainer={"state": self.state.to_dict(), "config": config_to_dict(run.config)},
+            callbacks=self._callback_states(),
         )
         return save_checkpoint(self.checkpoint_dir, checkpoint, keep=run.config.training.keep_checkpoints)
 
@@ -271,6 +277,7 @@ class Trainer:
         run.engine.scaler.load_state_dict(checkpoint.scaler)
         run.loader.load_state_dict(checkpoint.data)
         restore_rng_state(checkpoint.rng)
+        self._load_callback_states(checkpoint.callbacks, checkpoint.step)
         state = TrainState.from_dict(checkpoint.trainer["state"])
         state.total_steps, state.batches_per_epoch = run.plan.total_steps, run.plan.batches_per_epoch
         self.state, self._elapsed_before, self._stream = state, state.elapsed, None
@@ -291,6 +298,32 @@ class Trainer:
                         f"{list(param.shape)}; pass --no-resume to start over"
                     )
                 param.copy_(weights[name])
+
+    def _keyed_callbacks(self) -> dict[str, Callback]:
+        """Callbacks by state key; a key used twice gets ``#2``, ``#3`` ... in callback order."""
+        keyed: dict[str, Callback] = {}
+        for callback in self.callbacks:
+            key, n = callback.state_key, 1
+            while key in keyed:
+                n += 1
+                key = f"{callback.state_key}#{n}"
+            keyed[key] = callback
+        return keyed
+
+    def _callback_states(self) -> dict[str, Any]:
+        states = {key: callback.state_dict() for key, callback in self._keyed_callbacks().items()}
+        return {key: state for key, state in states.items() if state is not None}
+
+    def _load_callback_states(self, saved: dict[str, Any], step: int) -> None:
+        for key, callback in self._keyed_callbacks().items():
+            if callback.state_dict() is None:
+                continue
+            if key not in saved:
+                raise CheckpointError(
+                    f"checkpoint step-{step} holds no state for callback {key}; it was saved by a run without "
+                    "it: pass --no-resume to start over"
+                )
+            callback.load_state_dict(saved[key])
 
     # ------------------------------------------------------------------------------------ helpers
 

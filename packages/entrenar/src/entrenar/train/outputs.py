@@ -119,7 +119,7 @@ def write_model_files(run: TrainingRun, out_dir: str | Path) -> list[Path]:
 
 
 def _losses(state: TrainState) -> dict[str, Any]:
-    last_train, last_eval = state.last_record("train"), state.last_record("eval")
+    last_train, last_eval = state.last_train(), state.last_eval()
     return {
         "final_train": None if last_train is None else last_train["loss"],
         "best_train": state.best_train_loss,
@@ -141,7 +141,7 @@ def final_model_summary(run: TrainingRun, state: TrainState) -> dict[str, Any]:
     """
     cfg = run.config
     counts = count_parameters(run.model)
-    last_eval = state.last_record("eval")
+    last_eval = state.last_eval()
     return {
         "base_model": {
             "path": cfg.model.path,

@@ -9,8 +9,11 @@ partial logging window and the early-stopping counters.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
+
+from entrenar.train.records import EvalRecord, MetricRecord, TrainRecord
 
 __all__ = ["LogWindow", "TrainState"]
 
@@ -24,17 +27,27 @@ class LogWindow:
         target_tokens: Target tokens of those steps.
         input_tokens: Non-padding input tokens of those steps (for tokens/s).
         steps: Steps in the window.
+        part_sums: For each named part of the loss, the sum over steps of (part x step target tokens).
     """
 
     loss_sum: float = 0.0
     target_tokens: int = 0
     input_tokens: int = 0
     steps: int = 0
+    part_sums: dict[str, float] = field(default_factory=dict)
 
     @property
     def loss(self) -> float:
         """The token-weighted mean loss of the window (NaN when empty)."""
         return self.loss_sum / self.target_tokens if self.target_tokens else math.nan
+
+    @property
+    def parts(self) -> dict[str, float]:
+        """The token-weighted mean of each part of the loss over the window (NaN when empty)."""
+        return {
+            name: total / self.target_tokens if self.target_tokens else math.nan
+            for name, total in self.part_sums.items()
+        }
 
 
 @dataclass
@@ -72,7 +85,7 @@ class TrainState:
     grad_norm: float | None = None
     elapsed: float = 0.0
     window: LogWindow = field(default_factory=LogWindow)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[MetricRecord] = field(default_factory=list)
     best_train_loss: float | None = None
     best_eval_loss: float | None = None
     best_eval_step: int | None = None
@@ -90,7 +103,14 @@ class TrainState:
         return self.step >= self.total_steps or self.stop_reason is not None
 
     def add_step(
-        self, loss: float, lr: float, grad_norm: float, micro_batches: int, target_tokens: int, input_tokens: int
+        self,
+        loss: float,
+        lr: float,
+        grad_norm: float,
+        micro_batches: int,
+        target_tokens: int,
+        input_tokens: int,
+        parts: Mapping[str, float] | None = None,
     ) -> None:
         """Count one optimizer step into the totals and the logging window.
 
@@ -101,6 +121,7 @@ class TrainState:
             micro_batches: Micro-batches it consumed.
             target_tokens: Its target tokens.
             input_tokens: Its non-padding input tokens.
+            parts: Its loss's named parts, each a mean per target token.
         """
         self.step += 1
         self.micro_batches += micro_batches
@@ -111,10 +132,20 @@ class TrainState:
         self.window.target_tokens += target_tokens
         self.window.input_tokens += input_tokens
         self.window.steps += 1
+        for name, value in (parts or {}).items():
+            self.window.part_sums[name] = self.window.part_sums.get(name, 0.0) + value * target_tokens
 
-    def last_record(self, kind: str) -> dict[str, Any] | None:
+    def last_record(self, kind: str) -> MetricRecord | None:
         """The newest ``metrics.jsonl`` record of a kind (``"train"`` or ``"eval"``), or None."""
         return next((record for record in reversed(self.history) if record["kind"] == kind), None)
+
+    def last_train(self) -> TrainRecord | None:
+        """The newest training record, or None."""
+        return cast(TrainRecord | None, self.last_record("train"))
+
+    def last_eval(self) -> EvalRecord | None:
+        """The newest evaluation record, or None."""
+        return cast(EvalRecord | None, self.last_record("eval"))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (what a checkpoint stores)."""

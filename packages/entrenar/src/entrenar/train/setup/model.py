@@ -27,7 +27,7 @@ import torch
 
 from aprender.text import TOKENIZER_FILE_PATTERNS
 from entrenar.config import LoraSection, ModelSection, TrainConfig
-from entrenar.errors import LoraError, ModelConfigError
+from entrenar.errors import ModelConfigError
 from entrenar.lora import LoraConfig, apply_lora, lora_linear_factory, mark_only_lora_trainable
 from entrenar.models import (
     CONFIG_FILES,
@@ -51,8 +51,6 @@ __all__ = [
     "seed_everything",
     "select_device",
 ]
-
-LM_HEAD = "lm_head"
 
 
 def select_device() -> torch.device:
@@ -145,7 +143,7 @@ def assemble_model(cfg: TrainConfig, load: ModelLoader) -> CausalLM:
         The model.
 
     Raises:
-        LoraError: Targets that match no layer, or that select the LM head.
+        LoraError: Targets that match no layer.
     """
     if cfg.lora is None:
         model = load(None)
@@ -156,17 +154,11 @@ def assemble_model(cfg: TrainConfig, load: ModelLoader) -> CausalLM:
         factory = lora_linear_factory(lora)
         model = load(factory)
         factory.check_targets()
-        adapted = factory.adapted
     else:
         model = load(None)
         quantize_linears(model, cfg.quantize.type, filter_fn=not_output_head, double_quant=cfg.quantize.double_quant)
         release_checkpoint_pages(model)
-        adapted = apply_lora(model, lora)
-    if LM_HEAD in adapted:
-        raise LoraError(
-            "lora.target_modules selects lm_head, but the trainer's fused loss reads the LM head's base weight; "
-            "leave lm_head out of the targets"
-        )
+        apply_lora(model, lora)
     mark_only_lora_trainable(model)
     return model
 

@@ -1,0 +1,84 @@
+"""The records of ``metrics.jsonl``: one typed shape each, shared by the writer and every reader.
+
+The loop writes them (`entrenar.train.loop`), `TrainState.history` keeps them (and checkpoints carry them
+as JSON), the progress display and the output summary read them, and so do the model card's loss curve
+and the live monitor. They are `TypedDict`s, so a line is plain JSON on disk and a dict in memory while
+every key is checked by the type checker where it is written or read.
+
+A ``"train"`` record describes the optimizer steps since the previous one; ``parts`` holds each named part
+of the loss (``ce``, later ``kd`` ...), each a mean per target token like ``loss``, which is what was
+optimized. An ``"eval"`` record holds one evaluation on the validation data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal, TypedDict, cast
+
+from typing_extensions import NotRequired
+
+__all__ = ["METRICS_FILENAME", "EvalRecord", "MetricRecord", "TrainRecord", "read_metrics"]
+
+METRICS_FILENAME = "metrics.jsonl"
+
+
+class TrainRecord(TypedDict):
+    """A ``"train"`` line: the steps since the previous one.
+
+    Keys:
+        step: Optimizer steps taken. epoch: Passes over the data (fractional). loss: Token-weighted mean
+        loss of the steps (what is optimized). parts: The loss's named parts, same weighting (absent in
+        files written before parts existed). lr: Learning rate of the last step. grad_norm: Its global
+        gradient norm before clipping. tokens_per_s: Non-padding input tokens per second. tokens:
+        Non-padding input tokens so far.
+    """
+
+    kind: Literal["train"]
+    step: int
+    epoch: float
+    loss: float
+    parts: NotRequired[dict[str, float]]
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    tokens: int
+
+
+class EvalRecord(TypedDict):
+    """An ``"eval"`` line: loss, perplexity and greedy token accuracy on the validation data, and its size."""
+
+    kind: Literal["eval"]
+    step: int
+    epoch: float
+    eval_loss: float
+    eval_perplexity: float
+    eval_token_accuracy: float
+    eval_tokens: int
+
+
+MetricRecord = TrainRecord | EvalRecord
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[MetricRecord]:
+    """The records of a ``metrics.jsonl`` file, in order; lines of other kinds or not JSON are skipped.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The train and eval records.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    records: list[MetricRecord] = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a killed write
+        if isinstance(record, dict) and record.get("kind") in ("train", "eval"):
+            records.append(cast(MetricRecord, record))
+    return records

@@ -11,7 +11,8 @@ import pytest
 
 from aprender.hub import upload_folder
 from entrenar.cli import main
-from entrenar.cli.init import METHOD_CHOICES, _count
+from entrenar.cli.init import METHODS as METHOD_CHOICES
+from entrenar.cli.init import _count
 from entrenar.config import load_config
 from entrenar.init import METHODS
 

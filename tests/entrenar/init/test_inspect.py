@@ -120,8 +120,8 @@ def test_bad_local_config_json(tmp_path: Path, content: bytes | None, message: s
 
 
 def test_base_file_and_unknown_name_are_refused(tmp_path: Path) -> None:
-    weights = tmp_path / "model.gguf"
-    weights.write_bytes(b"GGUF")
+    weights = tmp_path / "model.safetensors"  # a .gguf file is a base model (converted)
+    weights.write_bytes(b"{}")
     with pytest.raises(InitError, match=r"is a file; pass the model folder"):
         inspect_base(str(weights))
     for missing in (str(tmp_path / "nowhere"), "no/such/thing", "user/model.safetensors", "-bad-/name"):

@@ -21,9 +21,10 @@ from torch import nn
 
 from aprender.errors import InvalidArgumentError
 from aprender.format.safetensors import load, save
+from aprender.reference import looks_like_repo_id
 from entrenar.errors import CheckpointError
 from entrenar.lora import LoraConfig, LoRALinear, lora_linear_factory
-from entrenar.models import CausalLM, ModelConfig, from_pretrained, looks_like_repo_id, save_pretrained
+from entrenar.models import CausalLM, ModelConfig, from_pretrained, save_pretrained
 from entrenar.models import loading as loading_module
 
 

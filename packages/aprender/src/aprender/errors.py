@@ -6,6 +6,8 @@ to do. Catch `AprenderError` at the edge (the CLI) to print it without a traceba
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class AprenderError(Exception):
     """Base class: the message is complete and meant for the user."""
@@ -25,6 +27,21 @@ class PruningError(AprenderError, ValueError):
 
 class InvalidArgumentError(AprenderError, ValueError):
     """An argument value is invalid: wrong type, unparsable size, unknown device, reserved name."""
+
+
+class ModelReferenceError(InvalidArgumentError):
+    """A model reference is empty, an existing file other than ``.gguf``, or neither a path nor a Hub repo id.
+
+    Attributes:
+        reference: the reference as given.
+        problem: ``"empty"``, ``"file"`` (an existing file that is not ``.gguf``) or ``"missing"`` (no such
+            path, and not a Hub repo id).
+    """
+
+    def __init__(self, message: str, *, reference: str, problem: Literal["empty", "file", "missing"]) -> None:
+        super().__init__(message)
+        self.reference = reference
+        self.problem = problem
 
 
 class MetricInputError(AprenderError, ValueError):

@@ -6,6 +6,7 @@ oracle). `Tokenizer` reads `tokenizer.json` + `tokenizer_config.json` like trans
 `encode_chat` adds token ids and the assistant-token mask used to train on replies only.
 """
 
+from aprender.constants import TOKENIZER_FILE_PATTERNS
 from aprender.text.bpe import train_bpe
 from aprender.text.chat import (
     ChatEncoding,
@@ -16,7 +17,7 @@ from aprender.text.chat import (
     encode_chat,
     render_with_assistant_spans,
 )
-from aprender.text.tokenizer import TOKENIZER_FILE_PATTERNS, Encoding, Tokenizer
+from aprender.text.tokenizer import Encoding, Tokenizer
 
 __all__ = [
     "TOKENIZER_FILE_PATTERNS",

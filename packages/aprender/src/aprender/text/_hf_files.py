@@ -13,13 +13,9 @@ from typing import Any
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as Backend
 
+from aprender.constants import CHAT_TEMPLATE_DIR, CHAT_TEMPLATE_FILE, TOKENIZER_FILE
 from aprender.errors import TokenizerError
 
-TOKENIZER_FILE = "tokenizer.json"
-CONFIG_FILE = "tokenizer_config.json"
-CHAT_TEMPLATE_FILE = "chat_template.jinja"
-CHAT_TEMPLATE_DIR = "additional_chat_templates"
-SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 # transformers' SPECIAL_TOKENS_ATTRIBUTES, in its order.
 NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 

@@ -36,14 +36,16 @@ from tokenizers import AddedToken, processors
 from tokenizers import Tokenizer as Backend
 
 from aprender.atomic import atomic_write_json, atomic_write_text
+from aprender.constants import (
+    CHAT_TEMPLATE_DIR,
+    CHAT_TEMPLATE_FILE,
+    SPECIAL_TOKENS_MAP_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+)
 from aprender.errors import TokenizerError
 from aprender.text._hf_files import (
     ADDED_TOKEN_FIELDS,
-    CHAT_TEMPLATE_DIR,
-    CHAT_TEMPLATE_FILE,
-    CONFIG_FILE,
-    SPECIAL_TOKENS_MAP_FILE,
-    TOKENIZER_FILE,
     ChatTemplate,
     added_contents,
     load_backend,
@@ -51,15 +53,6 @@ from aprender.text._hf_files import (
     read_template_files,
     settings_to_kwargs,
 )
-
-TOKENIZER_FILE_PATTERNS = (
-    TOKENIZER_FILE,
-    CONFIG_FILE,
-    SPECIAL_TOKENS_MAP_FILE,
-    CHAT_TEMPLATE_FILE,
-    f"{CHAT_TEMPLATE_DIR}/*.jinja",
-)
-"""Every file `Tokenizer.from_dir` reads, as Hub download patterns (small text files, never weights)."""
 
 # transformers' `clean_up_tokenization`: undo the spaces a WordPiece decoder puts before punctuation.
 _CLEAN_UP: tuple[tuple[str, str], ...] = (
@@ -184,7 +177,7 @@ class Tokenizer:
         if not folder.is_dir():
             raise TokenizerError(f"{folder}: not a folder; pass the folder holding {TOKENIZER_FILE}")
         backend = load_backend(folder / TOKENIZER_FILE)
-        config_path = folder / CONFIG_FILE
+        config_path = folder / TOKENIZER_CONFIG_FILE
         settings = read_json_object(config_path) if config_path.is_file() else {}
         legacy_map = folder / SPECIAL_TOKENS_MAP_FILE
         if "added_tokens_decoder" not in settings and legacy_map.is_file():
@@ -454,7 +447,7 @@ class Tokenizer:
             if shadow.exists():
                 raise TokenizerError(f"{shadow} would override the saved chat template; remove it or save elsewhere")
         folder.mkdir(parents=True, exist_ok=True)
-        tokenizer_path, config_path = folder / TOKENIZER_FILE, folder / CONFIG_FILE
+        tokenizer_path, config_path = folder / TOKENIZER_FILE, folder / TOKENIZER_CONFIG_FILE
         atomic_write_text(tokenizer_path, self._backend.to_str(pretty=True))
         atomic_write_json(config_path, self._config())
         return tokenizer_path, config_path

@@ -1,7 +1,8 @@
 """``entrenar generate``: continue a prompt (or answer a chat message) with a model, streaming the text.
 
-The model is a local folder in the Hugging Face layout or a Hub repo id (downloaded with its tokenizer
-into the standard HF cache). Text goes to stdout as tokens arrive, decoded incrementally so that a
+The model is a local folder in the Hugging Face layout, a ``.gguf`` file (converted once into a cached
+folder) or a Hub repo id (downloaded with its tokenizer into the standard HF cache), classified as every
+entry point does (`aprender.reference`). Text goes to stdout as tokens arrive, decoded incrementally so that a
 character split across tokens is printed whole. ``--temperature 0`` (the default) decodes greedily;
 above 0 it samples, optionally with ``--top-k``, ``--top-p`` and a ``--seed``. An empty PROMPT is refused
 (an unset shell variable, most likely), with or without ``--chat``.
@@ -14,18 +15,17 @@ from typing import TYPE_CHECKING
 
 import click
 
+from entrenar.constants import DTYPES
+
 if TYPE_CHECKING:
     from aprender.text import Tokenizer
 
-__all__ = ["DTYPE_CHOICES", "generate_command"]
-
-# `entrenar.models.config.DTYPE_NAMES` plus "auto"; spelled out so `entrenar --help` does not import torch.
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+__all__ = ["generate_command"]
 
 
 @click.command("generate")
 @click.argument("prompt")
-@click.option("--model", "model_ref", required=True, help="A local model folder or a Hugging Face repo id.")
+@click.option("--model", "model_ref", required=True, help="A model folder, a .gguf file or a Hugging Face repo id.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt as a user message with the model's chat template.")
 @click.option("--system", default=None, help="System message (with --chat).")
 @click.option("--max-new-tokens", default=256, show_default=True, type=int, help="Most tokens to generate.")
@@ -35,7 +35,7 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 @click.option("--repetition-penalty", default=1.0, show_default=True, type=float, help="Above 1 discourages repeats.")
 @click.option("--seed", default=None, type=int, help="Seed for reproducible sampling.")
 @click.option("--stop", multiple=True, help="Stop after this text appears (repeatable).")
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(DTYPE_CHOICES), help="Weight dtype.")
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(DTYPES), help="Weight dtype.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda.")
 def generate_command(
     prompt: str,
@@ -114,21 +114,16 @@ def _check_flags(
 
 
 def _model_folder(model_ref: str) -> Path:
-    """The local folder of `model_ref`, downloading a Hub repo id (config, weights, tokenizer) first."""
-    from aprender.text import TOKENIZER_FILE_PATTERNS
+    """The local folder of `model_ref`: a Hub repo id is downloaded (config, weights, tokenizer), a .gguf converted."""
+    from aprender.errors import ModelReferenceError
+    from aprender.reference import classify_model_reference, resolve_model_folder
     from entrenar.errors import GenerationError
-    from entrenar.models import MODEL_FILE_PATTERNS, looks_like_repo_id
 
-    path = Path(model_ref)
-    if path.exists():
-        if not path.is_dir():
-            raise GenerationError(f"--model {model_ref}: is a file; pass the model folder holding config.json")
-        return path
-    if not looks_like_repo_id(model_ref):
-        raise GenerationError(f"--model {model_ref}: no such folder, and not a Hub repo id like 'namespace/name'")
-    from aprender.hub import download
-
-    return Path(download(model_ref, allow_patterns=[*MODEL_FILE_PATTERNS, *TOKENIZER_FILE_PATTERNS]))
+    try:
+        reference = classify_model_reference(model_ref)
+    except ModelReferenceError as exc:
+        raise GenerationError(f"--model {exc}") from exc
+    return resolve_model_folder(reference)
 
 
 def _prompt_ids(tokenizer: Tokenizer, prompt: str, chat: bool, system: str | None, folder: Path) -> list[int]:

@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING
 
 import click
 
+from entrenar.constants import METHODS
+
 if TYPE_CHECKING:
     from entrenar.init import InitPlan
 
-__all__ = ["METHOD_CHOICES", "init", "summary_lines"]
-
-# `entrenar.init.METHODS` (a test keeps them equal): entrenar.init imports torch, which `entrenar --help` should not.
-METHOD_CHOICES = ("lora", "qlora", "full")
+__all__ = ["init", "summary_lines"]
 
 
 def _count(n: int) -> str:
@@ -65,8 +64,8 @@ def summary_lines(plan: InitPlan, shown_path: str) -> list[str]:
 
 
 @click.command("init")
-@click.option("--base", required=True, help="Base model: a local folder or a Hugging Face repo id (namespace/name).")
-@click.option("--method", required=True, type=click.Choice(METHOD_CHOICES), help="Fine-tuning method.")
+@click.option("--base", required=True, help="Base model: a folder, a .gguf file or a Hub repo id (namespace/name).")
+@click.option("--method", required=True, type=click.Choice(METHODS), help="Fine-tuning method.")
 @click.option("--data", "data", required=True, help="Training data: a file, a folder or a glob.")
 @click.option("-o", "--output", default="config.yaml", show_default=True, help="Config file to write.")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")

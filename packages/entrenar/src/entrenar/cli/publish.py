@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from aprender.hub import describe_token_source
-from entrenar.config.schema import GGUF_TYPES, PUBLISH_FORMATS
+from entrenar.constants import GGUF_TYPES, PUBLISH_FORMATS
 
 if TYPE_CHECKING:
     from entrenar.publish import PublishResult

@@ -17,7 +17,8 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from aprender.errors import InvalidRepoIdError
+from aprender.errors import InvalidRepoIdError, ModelReferenceError
+from aprender.reference import classify_model_reference
 from entrenar.config._values import Context, read_section
 from entrenar.config.schema import (
     ADAM_FAMILY,
@@ -34,7 +35,6 @@ from entrenar.config.schema import (
 
 Values = dict[str, Any]
 
-MODEL_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json")
 _GLOB_MAGIC = re.compile(r"[*?[]")
 _QUANT_TYPE_FOR_BITS = {4: "nf4", 8: "int8"}
 
@@ -44,37 +44,31 @@ def absolute_path(raw: str, ctx: Context) -> str:
     return os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(raw)))
 
 
-def _is_repo_id(raw: str) -> bool:
-    """A Hub id by the design's rule: has a '/', no model-file extension, valid ``namespace/name``."""
-    from aprender.hub.repo_id import validate_repo_id  # the hub package pulls in huggingface_hub
-
-    if "/" not in raw or raw.lower().endswith(MODEL_FILE_SUFFIXES):
-        return False
-    try:
-        validate_repo_id(raw)
-    except InvalidRepoIdError:
-        return False
-    return True
-
-
 def build_model(raw: object, ctx: Context) -> Values:
-    """``model:``: decide local path or Hub id (no network), resolve local paths."""
+    """``model:``: classify the path (`aprender.reference`, no network): a local folder or .gguf file, or a Hub id."""
     values = read_section(ModelSection, raw, "model", ctx)
     if "path" in values:
         path: str = values["path"]
-        local = absolute_path(path, ctx)
-        if os.path.exists(local):
-            values.update(path=local, source="local")
-        elif _is_repo_id(path):
-            values.update(source="hub")
+        try:
+            reference = classify_model_reference(path, base_dir=ctx.base_dir)
+        except ModelReferenceError as exc:
+            ctx.report("model.path", _model_path_problem(path, exc, ctx))
         else:
-            ctx.report(
-                "model.path",
-                f"{path!r} is neither an existing file or folder ({local}) nor a Hub repo id like 'Qwen/Qwen2.5-0.5B'",
-            )
+            local = reference.kind != "hub"
+            values.update(path=reference.location, source="local" if local else "hub")
     if values.get("revision") is not None and values.get("source") == "local":
         ctx.report("model.revision", f"applies to Hub repo ids only, and model.path is the local path {values['path']}")
     return values
+
+
+def _model_path_problem(path: str, exc: ModelReferenceError, ctx: Context) -> str:
+    """The refusal's message; for a missing path it names the absolute path looked at, as for data paths."""
+    if exc.problem == "missing":
+        return (
+            f"{path!r} is neither an existing file or folder ({absolute_path(path, ctx)}) "
+            "nor a Hub repo id like 'Qwen/Qwen2.5-0.5B'"
+        )
+    return str(exc)
 
 
 def _data_path(key: str, raw: str, ctx: Context) -> str:

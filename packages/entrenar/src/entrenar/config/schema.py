@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
+from entrenar.constants import DATA_FORMATS, DTYPES, GGUF_TYPES, PUBLISH_FORMATS
+
 __all__ = [
     "DATA_FORMATS",
     "DTYPES",
@@ -41,8 +43,6 @@ __all__ = [
     "TrainingSection",
 ]
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DATA_FORMATS = ("auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt")
 TRAIN_ON = ("completion", "all")
 OPTIMIZER_NAMES = ("adamw", "adam", "sgd", "adamw8bit")
 ADAM_FAMILY = ("adamw", "adam", "adamw8bit")
@@ -51,8 +51,6 @@ DECAYING_SCHEDULERS = ("linear", "cosine")
 LORA_INITS = ("default", "gaussian", "pissa", "none")
 QUANT_BITS = (4, 8)
 QUANT_TYPES = ("nf4", "int8")
-PUBLISH_FORMATS = ("safetensors", "gguf")
-GGUF_TYPES = ("f16", "q8_0", "q4_0")
 ALL_LINEAR = "all-linear"
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts more
 
@@ -91,15 +89,17 @@ class ModelSection:
     """``model:`` the base model.
 
     Attributes:
-        path: A local folder or file, or a Hub repo id. Relative paths are resolved against the folder of
-            the config file (``~`` is expanded). A value that is not an existing path, is a valid
-            ``namespace/name`` repo id and does not end in a model-file extension (``.gguf``,
-            ``.safetensors``, ``.bin``, ``.pt``, ``.pth``, ``.ckpt``, ``.json``) is a Hub id. Required.
+        path: A local model folder, a ``.gguf`` file (converted once into a cached Hugging Face folder), or a
+            Hub repo id. Relative paths are resolved against the folder of the config file (``~`` is
+            expanded). A value that is not an existing path, is a valid ``namespace/name`` repo id and
+            does not end in a file suffix (``.gguf``, ``.safetensors``, ``.json``, ...) is a Hub id; an
+            existing file other than ``.gguf`` is refused. Required.
         revision: Hub only: a branch, tag or commit to pin; null takes the default branch.
         dtype: Weights dtype while training: ``auto`` (the checkpoint's), ``float32``, ``bfloat16``,
             ``float16``.
-        source: Derived, not a YAML key: ``"local"`` (``path`` is absolute) or ``"hub"`` (``path`` is a
-            repo id). Decided without network access.
+        source: Derived, not a YAML key: ``"local"`` (``path`` is the absolute path of a folder or a
+            ``.gguf`` file) or ``"hub"`` (``path`` is a repo id). Decided without network access, by
+            `aprender.reference.classify_model_reference`.
     """
 
     path: str = _key(kind="str")
@@ -130,7 +130,7 @@ class DataSection:
     train_path: str = _key(kind="str")
     val_path: str | None = _key(None, kind="str", nullable=True)
     val_split: float | None = _key(None, kind="float", low=0.0, high=1.0, low_open=True, high_open=True, nullable=True)
-    format: str = _key("auto", kind="str", choices=DATA_FORMATS)
+    format: str = _key("auto", kind="str", choices=("auto", *DATA_FORMATS))
     seq_len: int = _key(1024, kind="int", low=2)
     batch_size: int = _key(8, kind="int", low=1)
     packing: bool = _key(True, kind="bool")

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from entrenar.constants import DATA_FORMATS, DataFormat
 from entrenar.data.sources import Location
 from entrenar.errors import InvalidRecordError
 
-FormatName = Literal["text", "prompt_completion", "alpaca", "messages", "sharegpt"]
-FORMATS: tuple[str, ...] = ("text", "prompt_completion", "alpaca", "messages", "sharegpt")
+FormatName = DataFormat
+FORMATS: tuple[str, ...] = DATA_FORMATS
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 SHAREGPT_ROLES: dict[str, str] = {
     "system": "system",

@@ -1,11 +1,11 @@
 """Inspect a base model without its weights: ``config.json`` (architecture, parameter count) and the tokenizer.
 
-A base is a local folder or a Hub repo id, decided as `entrenar.config.load_config` decides
-``model.path``: an existing path is local; otherwise a ``namespace/name`` string that follows the
-Hub's naming rules and does not end in a model-file extension is a repo id. For a repo id only
-``config.json`` (`aprender.hub.fetch_config`) and the tokenizer files (`aprender.text.TOKENIZER_FILE_PATTERNS`, through
+A base is a local folder, a ``.gguf`` file or a Hub repo id, classified as every entry point does
+(`aprender.reference.classify_model_reference`). For a repo id only ``config.json``
+(`aprender.hub.fetch_config`) and the tokenizer files (`aprender.constants.TOKENIZER_FILE_PATTERNS`, through
 `aprender.hub.download`) are fetched, into the standard HF cache, so ``HF_HUB_OFFLINE=1`` reads them
-from the cache and no weight file is ever downloaded.
+from the cache and no weight file is ever downloaded. A ``.gguf`` file is converted into its cached
+Hugging Face folder (`aprender.reference.resolve_model_folder`), which training then reuses.
 
 The parameter count is computed from the config, as ``transformers``' ``model.num_parameters()``
 counts the Llama/Mistral/Qwen2/Qwen3 modules (a tied LM head counted once):
@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from aprender.errors import InvalidRepoIdError, TokenizerError
-from aprender.text import TOKENIZER_FILE_PATTERNS, Tokenizer
-from entrenar.config._sections import MODEL_FILE_SUFFIXES  # the rule load_config applies to model.path
+from aprender.constants import TOKENIZER_FILE_PATTERNS
+from aprender.errors import ModelReferenceError, TokenizerError
+from aprender.reference import classify_model_reference, resolve_model_folder
+from aprender.text import Tokenizer
 from entrenar.errors import InitError, ModelConfigError
 from entrenar.models.config import ModelConfig
 
@@ -46,9 +47,9 @@ class BaseModel:
     """What `inspect_base` learnt about a base model.
 
     Attributes:
-        reference: the base as the user gave it (a folder or a repo id).
+        reference: the base as the user gave it (a folder, a .gguf file or a repo id).
         source: ``"local"`` or ``"hub"``.
-        folder: the local folder (None for a Hub id, whose files live in the HF cache).
+        folder: the local folder, a .gguf file's converted one (None for a Hub id: its files live in the HF cache).
         config: the parsed architecture.
         num_parameters: parameters of the model, computed from `config` (`count_parameters`).
     """
@@ -83,30 +84,15 @@ def count_parameters(config: ModelConfig) -> int:
     return embedding + config.num_layers * (attention + mlp + norms) + hidden + head
 
 
-def _is_repo_id(text: str) -> bool:
-    from aprender.hub import validate_repo_id  # the Hub client is only needed for repo ids
-
-    if "/" not in text or text.lower().endswith(MODEL_FILE_SUFFIXES):
-        return False
-    try:
-        validate_repo_id(text)
-    except InvalidRepoIdError:
-        return False
-    return True
-
-
 def _resolve(base: str) -> tuple[Source, Path | None]:
-    """``("local", folder)`` or ``("hub", None)``; an error for anything else."""
-    local = Path(base).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise InitError(f"--base {base}: is a file; pass the model folder holding config.json (or a Hub repo id)")
-        return "local", local
-    if _is_repo_id(base):
+    """``("local", folder)`` (a .gguf file: its converted folder) or ``("hub", None)``; an error for anything else."""
+    try:
+        reference = classify_model_reference(base)
+    except ModelReferenceError as exc:
+        raise InitError(f"--base {exc}") from exc
+    if reference.kind == "hub":
         return "hub", None
-    raise InitError(
-        f"--base {base}: no such folder, and not a Hub repo id like 'Qwen/Qwen2.5-0.5B'; check the path or the id"
-    )
+    return "local", resolve_model_folder(reference)
 
 
 def _read_local_config(folder: Path) -> dict[str, Any]:
@@ -126,13 +112,14 @@ def inspect_base(base: str) -> BaseModel:
     """Read the base model's ``config.json`` (only that file) and count its parameters.
 
     Args:
-        base: a local model folder or a Hub repo id (fetched through the HF cache).
+        base: a local model folder, a .gguf file (converted once) or a Hub repo id (fetched through the HF cache).
 
     Returns:
         The architecture and where it came from.
 
     Raises:
-        InitError: the base is a file, neither a folder nor a repo id, or its config.json is missing or not JSON.
+        InitError: the base is a file other than .gguf, neither a path nor a repo id, or its config.json is
+            missing or not JSON.
         ModelConfigError: an unsupported ``model_type`` or an invalid config (names the base).
         HubError: the Hub cannot serve the config (see `aprender.hub.fetch_config`).
     """

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from entrenar.config.schema import DataSection, OptimizerSection, TrainingSection
+from entrenar.constants import METHODS
 from entrenar.data import resolve_data_files
 from entrenar.errors import InitError
 from entrenar.init.inspect import BaseModel, inspect_base, load_base_tokenizer
@@ -29,7 +30,6 @@ from entrenar.init.rank import lora_alpha_for, lora_rank_for
 
 __all__ = ["FULL_FINETUNE_LR", "METHODS", "InitPlan", "build_plan", "config_path_value"]
 
-METHODS = ("lora", "qlora", "full")
 FULL_FINETUNE_LR = 2e-5
 
 

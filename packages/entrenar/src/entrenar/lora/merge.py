@@ -23,29 +23,14 @@ from torch import Tensor, nn
 
 from aprender.atomic import atomic_write
 from aprender.format.safetensors import CheckpointReader, CheckpointWriter, open_checkpoint
+from entrenar.constants import COPIED_FILES
 from entrenar.errors import LoraError
 from entrenar.lora.config import LoraConfig
 from entrenar.lora.linear import dora_merge, lora_delta, pissa_split
 from entrenar.lora.peft_io import read_adapter_config, read_adapter_weights
 from entrenar.lora.targeting import lora_modules
-from entrenar.models.loading import CONFIG_FILES
 
-__all__ = ["COPIED_FILES", "TOKENIZER_FILES", "merge_adapter_into_checkpoint", "merge_and_unload", "merge_weight"]
-
-# The tokenizer files of a Hugging Face model folder, the slow tokenizers' included (copied as they are).
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-# Files of a Hugging Face model folder that describe the model and travel with merged weights.
-COPIED_FILES = (*CONFIG_FILES, *TOKENIZER_FILES)
+__all__ = ["merge_adapter_into_checkpoint", "merge_and_unload", "merge_weight"]
 
 
 def merge_weight(weight: Tensor, tensors: dict[str, Tensor], config: LoraConfig) -> Tensor:

@@ -28,14 +28,13 @@ from torch import Tensor, nn
 
 from aprender.atomic import atomic_write_json
 from aprender.format.safetensors import load_file, save_file
+from entrenar.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from entrenar.errors import LoraError
 from entrenar.lora.config import ALL_LINEAR, LoraConfig
 from entrenar.lora.linear import LoRALinear
 from entrenar.lora.targeting import apply_lora, lora_modules, select_target_modules
 
 __all__ = [
-    "ADAPTER_CONFIG_NAME",
-    "ADAPTER_WEIGHTS_NAME",
     "AdapterConfig",
     "adapter_state_dict",
     "check_adapters_match",
@@ -46,8 +45,6 @@ __all__ = [
     "save_adapter",
 ]
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 KEY_PREFIX = "base_model.model."
 # Our parameter name -> the suffix PEFT's state dict gives it.
 _KEY_SUFFIXES = {

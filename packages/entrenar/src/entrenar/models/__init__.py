@@ -7,18 +7,12 @@ Example:
     >>> save_pretrained(model, "out")  # doctest: +SKIP
 """
 
+from aprender.constants import CONFIG_FILES, MODEL_FILE_PATTERNS
 from entrenar.models.cache import KVCache
 from entrenar.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from entrenar.models.head_loss import IGNORE_INDEX, LossOutput
 from entrenar.models.linear import LinearFactory, SelfInitializing, make_linear
-from entrenar.models.loading import (
-    CONFIG_FILES,
-    MODEL_FILE_PATTERNS,
-    from_pretrained,
-    looks_like_repo_id,
-    read_config,
-    save_pretrained,
-)
+from entrenar.models.loading import from_pretrained, read_config, save_pretrained
 from entrenar.models.model import CausalLM
 
 __all__ = [
@@ -33,7 +27,6 @@ __all__ = [
     "ModelConfig",
     "SelfInitializing",
     "from_pretrained",
-    "looks_like_repo_id",
     "make_linear",
     "read_config",
     "save_pretrained",

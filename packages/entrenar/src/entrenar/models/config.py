@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aprender.constants import DTYPE_NAMES
 from entrenar.errors import ModelConfigError
 
 __all__ = [
-    "DTYPE_NAMES",
     "FULL_ATTENTION",
     "ROPE_TYPES",
     "SLIDING_ATTENTION",
@@ -31,7 +31,6 @@ __all__ = [
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 

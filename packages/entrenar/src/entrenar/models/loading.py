@@ -24,42 +24,20 @@ import torch
 from torch import nn
 
 from aprender.atomic import atomic_write_json
-from aprender.errors import InvalidArgumentError
+from aprender.constants import DTYPE_NAMES
+from aprender.errors import InvalidArgumentError, ModelReferenceError
 from aprender.format.safetensors import CheckpointReader, open_checkpoint, save
+from aprender.reference import classify_model_reference, resolve_model_folder
 from entrenar.errors import CheckpointError, ModelConfigError
-from entrenar.models.config import DTYPE_NAMES, ModelConfig
+from entrenar.models.config import ModelConfig
 from entrenar.models.linear import LinearFactory, SelfInitializing
 from entrenar.models.model import CausalLM
 
-__all__ = [
-    "CONFIG_FILES",
-    "MODEL_FILE_PATTERNS",
-    "from_pretrained",
-    "looks_like_repo_id",
-    "read_config",
-    "save_pretrained",
-]
+__all__ = ["from_pretrained", "read_config", "save_pretrained"]
 
 _DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 # Data read through one open checkpoint before it is closed and reopened (see `_materialise`).
 _REOPEN_BYTES = 64 * 2**20
-CONFIG_FILES = ("config.json", "generation_config.json")
-MODEL_FILE_PATTERNS = (*CONFIG_FILES, "*.safetensors", "*.safetensors.index.json")
-"""What loading a model needs from a Hub repo, as download patterns (the tokenizer files are apart)."""
-# Suffixes that make a string a file name rather than a Hub repo id ("Qwen/Qwen2.5-0.5B" has suffix ".5B").
-_FILE_SUFFIXES = {
-    ".safetensors",
-    ".json",
-    ".gguf",
-    ".bin",
-    ".pt",
-    ".pth",
-    ".yaml",
-    ".yml",
-    ".txt",
-    ".jsonl",
-    ".parquet",
-}
 
 
 def read_config(folder: str | os.PathLike[str]) -> ModelConfig:
@@ -94,8 +72,9 @@ def from_pretrained(
     """Load a Llama/Mistral/Qwen2/Qwen3 checkpoint in the Hugging Face layout.
 
     Args:
-        path_or_repo_id: A local folder, or a Hub repo id (``namespace/name``: contains ``/``, has no
-            file extension and is not an existing path), downloaded through `aprender.hub.download`.
+        path_or_repo_id: A local folder, a ``.gguf`` file (converted once into a cached folder) or a Hub
+            repo id (``namespace/name``: no file suffix, not an existing path; a `os.PathLike` is never
+            one), downloaded through `aprender.hub.download`; see `aprender.reference`.
         revision: Branch, tag or commit of a Hub repo id (not allowed with a local folder).
         dtype: ``"auto"`` (the config's ``torch_dtype``, else the checkpoint's), ``"float32"``,
             ``"bfloat16"``, ``"float16"`` or the matching `torch.dtype`.
@@ -107,7 +86,8 @@ def from_pretrained(
         ``generation_config`` read from ``generation_config.json`` when present.
 
     Raises:
-        CheckpointError: No such folder, no config.json, or weights that do not fit the architecture.
+        CheckpointError: Not a folder, .gguf file or repo id; no config.json; or weights that do not fit the
+            architecture.
         ModelConfigError: Unsupported or invalid config.
         InvalidArgumentError: Bad `dtype`, `device`, or a `revision` with a local folder.
         FormatError: A corrupt safetensors file.
@@ -158,34 +138,12 @@ def save_pretrained(
 # ----------------------------------------------------------------------------------------- resolving
 
 
-def looks_like_repo_id(text: str) -> bool:
-    """Whether `text` reads as a Hub repo id: ``namespace/name``, no file extension, not an existing path.
-
-    Args:
-        text: A user-supplied model reference.
-
-    Returns:
-        True for e.g. ``"Qwen/Qwen2.5-0.5B"``; False for ``"./model"``, ``"a/b.safetensors"``, existing paths.
-    """
-    parts = text.split("/")
-    if len(parts) != 2 or not all(parts) or text.startswith((".", "~")) or Path(text).exists():
-        return False
-    return Path(parts[1]).suffix.lower() not in _FILE_SUFFIXES
-
-
 def _resolve_folder(path_or_repo_id: str | os.PathLike[str], revision: str | None) -> Path:
-    path = Path(path_or_repo_id)
-    if path.exists():
-        if revision is not None:
-            raise InvalidArgumentError(f"revision {revision!r} applies to Hub repo ids, but {path} is a local path")
-        if not path.is_dir():
-            raise CheckpointError(f"{path} is a file; pass the model folder holding config.json and *.safetensors")
-        return path
-    if not isinstance(path_or_repo_id, str) or not looks_like_repo_id(path_or_repo_id):
-        raise CheckpointError(f"{path}: no such folder, and not a Hub repo id like 'namespace/name'; check the path")
-    from aprender.hub import download  # the Hub client is only needed for repo ids
-
-    return Path(download(path_or_repo_id, revision=revision, allow_patterns=list(MODEL_FILE_PATTERNS)))
+    try:
+        reference = classify_model_reference(path_or_repo_id)
+    except ModelReferenceError as exc:
+        raise CheckpointError(str(exc)) from exc
+    return resolve_model_folder(reference, revision, tokenizer=False)
 
 
 def _device(device: str | torch.device) -> torch.device:

@@ -24,12 +24,10 @@ Example:
 from entrenar.publish.card import CardContext, write_model_card
 from entrenar.publish.curve import LossPoints, loss_curve_svg, read_loss_points
 from entrenar.publish.detect import ModelFolder, detect_model_folder
-from entrenar.publish.export import FORMATS, GGUF_TYPES, ExportedModel, export_model
+from entrenar.publish.export import ExportedModel, export_model
 from entrenar.publish.upload import Account, PublishResult, StagedFile, preflight, publish, publish_output
 
 __all__ = [
-    "FORMATS",
-    "GGUF_TYPES",
     "Account",
     "CardContext",
     "ExportedModel",

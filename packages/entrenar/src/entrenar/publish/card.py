@@ -37,11 +37,11 @@ from typing import Any, Literal
 import yaml
 
 from aprender.atomic import atomic_write_text
+from aprender.constants import REPOCARD_NAME
 from entrenar import __version__
 from entrenar.publish.curve import LOSS_CURVE_NAME, LossPoints, is_number, loss_curve_svg
 
 __all__ = [
-    "CARD_NAME",
     "CardContext",
     "Layout",
     "base_license",
@@ -51,7 +51,6 @@ __all__ = [
     "write_model_card",
 ]
 
-CARD_NAME = "README.md"
 _LOG = logging.getLogger(__name__)
 _METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
 # The HF cache stores dataset repos as datasets--<namespace>--<name>; Hub ids never contain "--".
@@ -103,7 +102,7 @@ def base_license(base_dir: Path | None) -> str | None:
     """
     if base_dir is None:
         return None
-    readme = base_dir / CARD_NAME
+    readme = base_dir / REPOCARD_NAME
     if readme.is_file():
         license_id = _front_matter(readme).get("license")
         if isinstance(license_id, str) and license_id.strip():
@@ -376,5 +375,5 @@ def write_model_card(folder: Path, ctx: CardContext, points: LossPoints | None) 
         atomic_write_text(folder / LOSS_CURVE_NAME, loss_curve_svg(points))
         written.append(folder / LOSS_CURVE_NAME)
     card = replace(ctx, has_loss_curve=has_curve)
-    atomic_write_text(folder / CARD_NAME, render_model_card(card))
-    return [folder / CARD_NAME, *written]
+    atomic_write_text(folder / REPOCARD_NAME, render_model_card(card))
+    return [folder / REPOCARD_NAME, *written]

@@ -27,25 +27,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from aprender.constants import CONFIG_NAME, SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
+from entrenar.constants import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    CHECKPOINTS_DIR,
+    FINAL_MODEL_NAME,
+    METHODS,
+    METRICS_NAME,
+    TRAINER_STATE_NAME,
+)
 from entrenar.errors import LoraError, PublishError
-from entrenar.lora.peft_io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, read_adapter_config
+from entrenar.lora.peft_io import read_adapter_config
 
-__all__ = [
-    "FINAL_MODEL_NAME",
-    "METHODS",
-    "METRICS_NAME",
-    "ModelFolder",
-    "detect_model_folder",
-    "read_training_record",
-]
+__all__ = ["ModelFolder", "detect_model_folder", "read_training_record"]
 
-FINAL_MODEL_NAME = "final_model.json"
-METRICS_NAME = "metrics.jsonl"
-METHODS = ("lora", "qlora", "full")
-_CHECKPOINT_MARKER = "trainer_state.json"
-_CHECKPOINTS_DIR = "checkpoints"
 _STEP_DIR = re.compile(r"step-(\d+)")
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_WEIGHTS = (SAFETENSORS_SINGLE_FILE, SAFETENSORS_INDEX_FILE)
 
 FolderKind = Literal["adapter", "full"]
 
@@ -137,10 +135,10 @@ def detect_model_folder(path: str | os.PathLike[str]) -> ModelFolder:
     metrics_path = metrics if metrics.is_file() else None
     if (folder / ADAPTER_CONFIG_NAME).is_file() or (folder / ADAPTER_WEIGHTS_NAME).is_file():
         return _adapter_folder(folder, record, metrics_path)
-    if (folder / "config.json").is_file() and any((folder / name).is_file() for name in _WEIGHTS):
+    if (folder / CONFIG_NAME).is_file() and any((folder / name).is_file() for name in _WEIGHTS):
         base, revision = _recorded_base(record)
         return ModelFolder(folder, "full", record.get("method") or "full", base, revision, record, metrics_path)
-    if (folder / _CHECKPOINTS_DIR).is_dir():
+    if (folder / CHECKPOINTS_DIR).is_dir():
         raise PublishError(
             f"{folder}: holds checkpoints but no final model, so training did not finish; run "
             f"`entrenar train CONFIG --resume` to the end, then publish {folder}"
@@ -172,10 +170,10 @@ def _adapter_folder(folder: Path, record: dict[str, Any], metrics_path: Path | N
 
 def _refuse_checkpoint(folder: Path) -> None:
     """Raise for ``checkpoints/step-N`` folders and the ``checkpoints`` folder itself."""
-    if (folder / _CHECKPOINT_MARKER).is_file():
+    if (folder / TRAINER_STATE_NAME).is_file():
         match = _STEP_DIR.fullmatch(folder.name)
         step = f" (step {match.group(1)})" if match else ""
-        output = folder.parent.parent if folder.parent.name == _CHECKPOINTS_DIR else None
+        output = folder.parent.parent if folder.parent.name == CHECKPOINTS_DIR else None
         hint = (
             f"publish the output folder {output} once training has finished"
             if output is not None
@@ -185,7 +183,7 @@ def _refuse_checkpoint(folder: Path) -> None:
             f"{folder}: is a training checkpoint{step} holding resume state, not a model; {hint} "
             "(`entrenar train CONFIG --resume` finishes an interrupted run)"
         )
-    if folder.name == _CHECKPOINTS_DIR and any(_STEP_DIR.fullmatch(p.name) for p in folder.iterdir() if p.is_dir()):
+    if folder.name == CHECKPOINTS_DIR and any(_STEP_DIR.fullmatch(p.name) for p in folder.iterdir() if p.is_dir()):
         raise PublishError(
             f"{folder}: is the checkpoints folder of a run; publish its parent {folder.parent} once training "
             "has finished (`entrenar train CONFIG --resume` finishes an interrupted run)"

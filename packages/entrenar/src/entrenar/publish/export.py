@@ -16,9 +16,9 @@ Three layouts come out (DESIGN.md section 5):
 - ``gguf``: one ``<name>-<TYPE>.gguf`` file from the merged model (`aprender.format.gguf_export`).
 
 Tokenizer files and ``generation_config.json`` of the training output win over the base model's: the
-run may have changed the chat template. The base model is a local folder or a Hub id, downloaded into
-the standard HF cache through `aprender.hub.download`; with ``offline=True`` (``--dry-run``) only the
-cache is used and no request is made.
+run may have changed the chat template. The base model is a local folder, a ``.gguf`` file (converted
+once into a cached folder) or a Hub id, downloaded into the standard HF cache, classified and fetched by
+`aprender.reference`; with ``offline=True`` (``--dry-run``) only the cache is used and no request is made.
 """
 
 from __future__ import annotations
@@ -34,31 +34,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aprender.atomic import atomic_write_json
-from aprender.errors import HubOfflineError
+from aprender.constants import (
+    GENERATION_CONFIG_NAME,
+    REPOCARD_NAME,
+    SAFETENSORS_INDEX_FILE,
+    SAFETENSORS_SINGLE_FILE,
+    TOKENIZER_FILES,
+)
+from aprender.errors import HubOfflineError, ModelReferenceError
 from aprender.format.gguf_export import export_gguf
-from aprender.hub import download
-from entrenar.config.schema import GGUF_TYPES, PUBLISH_FORMATS
+from aprender.reference import classify_model_reference, resolve_model_folder
+from entrenar.constants import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    COPIED_FILES,
+    GGUF_TYPES,
+    PUBLISH_FORMATS,
+)
 from entrenar.errors import PublishError
-from entrenar.lora.merge import COPIED_FILES, TOKENIZER_FILES, merge_adapter_into_checkpoint
-from entrenar.lora.peft_io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
-from entrenar.models.loading import looks_like_repo_id
+from entrenar.lora.merge import merge_adapter_into_checkpoint
 from entrenar.publish.card import Layout
 from entrenar.publish.detect import ModelFolder
 
-__all__ = [
-    "FORMATS",
-    "GGUF_TYPES",
-    "TOKENIZER_FILES",
-    "ExportedModel",
-    "export_model",
-    "plan_layout",
-    "resolve_base_model",
-]
+__all__ = ["ExportedModel", "export_model", "plan_layout", "resolve_base_model"]
 
-FORMATS = PUBLISH_FORMATS
-_INDEX_NAME = "model.safetensors.index.json"
-# What merging needs from a Hub base model (README.md: the license for the card).
-_BASE_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", _INDEX_NAME, "README.md"]
 _LOG = logging.getLogger(__name__)
 
 
@@ -98,36 +97,40 @@ def _offline(enabled: bool) -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = saved
 
 
-def resolve_base_model(
-    reference: str, revision: str | None, *, offline: bool, patterns: list[str] | None = None
-) -> Path:
-    """Find the base model folder: a local folder, or a Hub id fetched into (or found in) the HF cache.
+def resolve_base_model(reference: str, revision: str | None, *, offline: bool, weights: bool = True) -> Path:
+    """Find the base model folder: a local folder, a converted .gguf file, or a Hub id fetched into the HF cache.
 
     Args:
-        reference: A folder path or a Hub repo id.
-        revision: The Hub revision to use (ignored for a folder).
+        reference: A folder, a ``.gguf`` file or a Hub repo id.
+        revision: The Hub revision to use (ignored for a local reference).
         offline: Use the HF cache only; make no request.
-        patterns: Files to fetch from the Hub (default: what merging needs, plus README.md).
+        weights: Hub only: fetch the weights for merging (False: only ``config.json``, the generation config
+            and ``README.md``, for the card's license).
 
     Returns:
         The folder.
 
     Raises:
-        PublishError: `reference` is neither a folder nor a Hub id; or `offline` and the Hub model is not
-            in the cache.
+        PublishError: `reference` is neither a folder or .gguf file nor a Hub id; or `offline` and the Hub
+            model is not in the cache.
         HubError: The download failed (not found, no access, unreachable).
     """
-    path = Path(reference).expanduser()
-    if path.is_dir():
-        return path
-    if not looks_like_repo_id(reference):
+    try:
+        base = classify_model_reference(reference)
+    except ModelReferenceError as exc:
         raise PublishError(
-            f"base model {reference!r} is neither a folder here nor a Hub id like 'namespace/name'; "
-            "pass --base-model with the base model's folder or Hub id"
-        )
+            f"base model {reference!r} is neither a folder here nor a Hub id like 'Qwen/Qwen2.5-0.5B'; "
+            "pass --base-model with the base model's folder, .gguf file or Hub id"
+        ) from exc
     try:
         with _offline(offline):
-            return download(reference, revision, _BASE_PATTERNS if patterns is None else patterns)
+            return resolve_model_folder(
+                base,
+                revision if base.kind == "hub" else None,
+                weights=weights,
+                tokenizer=False,
+                extra_files=[REPOCARD_NAME],  # the base's license, for the card
+            )
     except HubOfflineError as exc:
         raise PublishError(
             f"base model {reference} is not in the HF cache and --dry-run makes no request; run once without "
@@ -141,8 +144,8 @@ def plan_layout(model: ModelFolder, merge_adapters: bool | None, fmt: str) -> La
     Raises:
         PublishError: An unknown format, ``merge_adapters`` set for a full model, or gguf without merging.
     """
-    if fmt not in FORMATS:
-        raise PublishError(f"format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
+    if fmt not in PUBLISH_FORMATS:
+        raise PublishError(f"format {fmt!r} is not supported; use one of {', '.join(PUBLISH_FORMATS)}")
     if model.kind == "full":
         if merge_adapters is not None:
             raise PublishError(
@@ -225,7 +228,7 @@ def _write_model(
     base_dir = resolve_base_model(reference, revision, offline=offline)
     _LOG.info("merging %s into %s", model.path, reference)
     merge_adapter_into_checkpoint(base_dir, model.path, out, max_shard_size=max_shard_size)
-    for name in ("generation_config.json", *TOKENIZER_FILES):
+    for name in (GENERATION_CONFIG_NAME, *TOKENIZER_FILES):
         if (model.path / name).is_file():
             shutil.copyfile(model.path / name, out / name)
     return base_dir
@@ -237,7 +240,7 @@ def _base_reference(model: ModelFolder, base_model: str | None) -> tuple[str, st
     if model.base_model is None:
         raise PublishError(
             f"{model.path}: {ADAPTER_CONFIG_NAME} names no base model (base_model_name_or_path); "
-            "pass --base-model with the base model's folder or Hub id"
+            "pass --base-model with the base model's folder, .gguf file or Hub id"
         )
     return model.base_model, model.base_revision
 
@@ -245,15 +248,18 @@ def _base_reference(model: ModelFolder, base_model: str | None) -> tuple[str, st
 def _local_base(model: ModelFolder, base_model: str | None) -> Path | None:
     """The base folder when it is on this machine (a folder, or in the HF cache), for the card's license.
 
-    Nothing is downloaded: publishing an adapter alone or a full model needs no base weights.
+    Nothing is downloaded or converted: publishing an adapter alone or a full model needs no base weights,
+    and a GGUF file carries no model card to take a license from.
     """
     reference = base_model or model.base_model
     if reference is None:
         return None
     revision = None if base_model else model.base_revision
     try:
-        return resolve_base_model(reference, revision, offline=True, patterns=["README.md", "config.json"])
-    except PublishError:
+        if classify_model_reference(reference).kind == "gguf":
+            return None
+        return resolve_base_model(reference, revision, offline=True, weights=False)
+    except (ModelReferenceError, PublishError):
         return None
 
 
@@ -270,9 +276,9 @@ def _write_adapter(model: ModelFolder, out: Path, base_model: str | None) -> Non
 
 
 def _weight_files(folder: Path) -> list[str]:
-    index = folder / _INDEX_NAME
+    index = folder / SAFETENSORS_INDEX_FILE
     if not index.is_file():
-        return ["model.safetensors"]
+        return [SAFETENSORS_SINGLE_FILE]
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         shards = sorted(set(weight_map.values()))
@@ -281,7 +287,7 @@ def _weight_files(folder: Path) -> list[str]:
     missing = [shard for shard in shards if not (folder / shard).is_file()]
     if missing:
         raise PublishError(f"{index}: lists shard {missing[0]} that is not in {folder}; re-save the model")
-    return [_INDEX_NAME, *shards]
+    return [SAFETENSORS_INDEX_FILE, *shards]
 
 
 def _listing(folder: Path) -> list[str]:

@@ -43,10 +43,10 @@ from aprender.hub import (
 from aprender.hub.repo_id import RepoId
 from aprender.hub.settings import HubSettings
 from aprender.hub.token import HubToken
+from aprender.reference import looks_like_repo_id
 from entrenar import __version__
 from entrenar.config.schema import PublishSection
 from entrenar.errors import PublishError
-from entrenar.models.loading import looks_like_repo_id
 from entrenar.publish.card import CardContext, base_license, hub_dataset_ids, write_model_card
 from entrenar.publish.curve import read_loss_points
 from entrenar.publish.detect import ModelFolder, detect_model_folder
@@ -263,7 +263,7 @@ def _write_card(model: ModelFolder, exported: ExportedModel, repo: str, base_mod
     base_id = next((ref for ref in (base_model, model.base_model) if ref and looks_like_repo_id(ref)), None)
     if base_id is None and (base_model or model.base_model):
         _LOG.warning(
-            "the base model %s is a local folder, so the card names no base_model", base_model or model.base_model
+            "the base model %s is not a Hub repo id, so the card names no base_model", base_model or model.base_model
         )
     folder = exported.folder
     tokenizer_config = folder / "tokenizer_config.json"

@@ -1,0 +1,52 @@
+"""entrenar's names in one place: training methods, dtypes, formats and the files of an output folder.
+
+Import-light on purpose, like ``huggingface_hub.constants`` (no torch, no huggingface_hub): the config
+schema and the CLI's option choices read these without the heavy imports. The Hugging Face file names
+(``config.json``, tokenizer files) are aprender's (`aprender.constants`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from aprender.constants import CONFIG_FILES, DTYPE_NAMES, TOKENIZER_FILES
+
+__all__ = [
+    "ADAPTER_CONFIG_NAME",
+    "ADAPTER_WEIGHTS_NAME",
+    "CHECKPOINTS_DIR",
+    "COPIED_FILES",
+    "DATA_FORMATS",
+    "DTYPES",
+    "FINAL_MODEL_NAME",
+    "GGUF_TYPES",
+    "METHODS",
+    "METRICS_NAME",
+    "PUBLISH_FORMATS",
+    "TRAINER_STATE_NAME",
+    "DataFormat",
+]
+
+METHODS = ("lora", "qlora", "full")
+"""Training methods: a config's method (`TrainConfig.method`), ``entrenar init --method``, ``final_model.json``."""
+DTYPES = ("auto", *DTYPE_NAMES)
+"""``model.dtype`` and ``entrenar generate --dtype``: ``auto`` keeps the checkpoint's."""
+DataFormat = Literal["text", "prompt_completion", "alpaca", "messages", "sharegpt"]
+DATA_FORMATS: tuple[DataFormat, ...] = get_args(DataFormat)
+"""Training record formats (``data.format`` also takes ``auto``: detect one from the records)."""
+PUBLISH_FORMATS = ("safetensors", "gguf")
+GGUF_TYPES = ("f16", "q8_0", "q4_0")
+"""What ``entrenar publish --gguf-type`` offers (a subset of `aprender.format.gguf_export.GGUF_TYPES`)."""
+
+# A PEFT adapter folder (peft's names).
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+
+# A training output folder (DESIGN.md section 4).
+FINAL_MODEL_NAME = "final_model.json"
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_STATE_NAME = "trainer_state.json"
+"""Written into every ``checkpoints/step-N/``: a folder holding it is a checkpoint, not a finished model."""
+COPIED_FILES = (*CONFIG_FILES, *TOKENIZER_FILES)
+"""Files of a model folder that describe the model and travel with its (merged) weights."""

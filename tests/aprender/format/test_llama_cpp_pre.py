@@ -34,6 +34,15 @@ from aprender.text import Tokenizer
 from fixtures.llama_cpp import HUB_FAMILIES, LLAMA_CPP_DATA, SMOLLM2_HUB_PRE_TOKENIZER, hub_tokenizer_dir, vocab_tests
 
 BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+# Llama 3's tokenizer.json pre-tokenizer: its regex, then the byte-level alphabet without a second split.
+LLAMA3_SPLIT = {
+    "type": "Sequence",
+    "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": PRE_TOKENIZERS["llama-bpe"][0]}, "behavior": "Isolated"}
+        | {"invert": False},
+        {**BYTE_LEVEL, "use_regex": False},
+    ],
+}
 
 
 def llama_cpp_source(relative: str) -> str:
@@ -137,14 +146,7 @@ def test_a_new_tokenizer_gets_the_name_that_splits_like_it(tiny_tokenizer_dir: P
     tokenizer = Tokenizer.from_dir(tiny_tokenizer_dir)
     assert pre_tokenizer_hash(tokenizer) not in KNOWN_HASHES
     assert identify_pre_tokenizer(tokenizer) == "qwen2"
-    split = {
-        "type": "Split",
-        "pattern": {"Regex": PRE_TOKENIZERS["llama-bpe"][0]},
-        "behavior": "Isolated",
-        "invert": False,
-    }
-    llama3 = {"type": "Sequence", "pretokenizers": [split, {**BYTE_LEVEL, "use_regex": False}]}
-    as_llama3 = tokenizer_with(tiny_tokenizer_dir, tmp_path / "a", pre_tokenizer=llama3, model_ignore_merges=True)
+    as_llama3 = tokenizer_with(tiny_tokenizer_dir, tmp_path / "a", pre_tokenizer=LLAMA3_SPLIT, model_ignore_merges=True)
     assert identify_pre_tokenizer(as_llama3) == "llama-bpe"
     digits = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, BYTE_LEVEL]}
     assert identify_pre_tokenizer(tokenizer_with(tiny_tokenizer_dir, tmp_path / "b", pre_tokenizer=digits)) == "smollm"
@@ -155,14 +157,8 @@ def test_a_new_tokenizer_gets_the_name_that_splits_like_it(tiny_tokenizer_dir: P
 
 def test_a_tokenizer_no_name_fits_is_refused(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
     # Llama 3's split but merges applied as usual: llama.cpp's "llama-bpe" would tokenize differently
-    split = {
-        "type": "Split",
-        "pattern": {"Regex": PRE_TOKENIZERS["llama-bpe"][0]},
-        "behavior": "Isolated",
-        "invert": False,
-    }
-    llama3 = {"type": "Sequence", "pretokenizers": [split, {**BYTE_LEVEL, "use_regex": False}]}
-    tokenizer = tokenizer_with(tiny_tokenizer_dir, tmp_path / "a", pre_tokenizer=llama3, model_ignore_merges=False)
+    folder = tmp_path / "a"
+    tokenizer = tokenizer_with(tiny_tokenizer_dir, folder, pre_tokenizer=LLAMA3_SPLIT, model_ignore_merges=False)
     with pytest.raises(ConversionError, match=r"ignore_merges=False.*not one llama.cpp knows") as error:
         identify_pre_tokenizer(tokenizer)
     assert "\n" not in str(error.value) and pre_tokenizer_hash(tokenizer) in str(error.value)

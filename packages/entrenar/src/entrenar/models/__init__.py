@@ -7,7 +7,6 @@ Example:
     >>> save_pretrained(model, "out")  # doctest: +SKIP
 """
 
-from aprender.constants import CONFIG_FILES, MODEL_FILE_PATTERNS
 from entrenar.models.cache import KVCache
 from entrenar.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from entrenar.models.head_loss import IGNORE_INDEX, LossOutput
@@ -16,9 +15,7 @@ from entrenar.models.loading import from_pretrained, read_config, save_pretraine
 from entrenar.models.model import CausalLM
 
 __all__ = [
-    "CONFIG_FILES",
     "IGNORE_INDEX",
-    "MODEL_FILE_PATTERNS",
     "SUPPORTED_MODEL_TYPES",
     "CausalLM",
     "KVCache",

@@ -1,8 +1,9 @@
 """The model step of a run: device and seed, the base model's folder, the model for the config's method.
 
-- ``model``: a local folder, or a Hub id downloaded (weights, config and tokenizer files) with
-  `aprender.hub.download` into the standard cache; loaded by `entrenar.models.from_pretrained` in
-  ``model.dtype``. The tokenizer is the folder's (`aprender.text.Tokenizer.from_dir`).
+- ``model``: a local folder, a ``.gguf`` file (converted once into a cached folder) or a Hub id downloaded
+  (weights, config and tokenizer files) into the standard cache (`aprender.reference.resolve_model_folder`);
+  loaded by `entrenar.models.from_pretrained` in ``model.dtype``. The tokenizer is the folder's
+  (`aprender.text.Tokenizer.from_dir`).
 - ``lora`` (LoRA): adapters are built with the model through `entrenar.lora.lora_linear_factory`;
   only they train. ``lora`` + ``quantize`` (QLoRA, https://arxiv.org/abs/2305.14314): the dense model
   is loaded, every linear layer but the LM head is replaced by a frozen `NF4Linear`/`Int8Linear`
@@ -25,13 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aprender.text import TOKENIZER_FILE_PATTERNS
+from aprender.reference import resolve_model_folder
 from entrenar.config import LoraSection, ModelSection, TrainConfig
 from entrenar.errors import ModelConfigError
 from entrenar.lora import LoraConfig, apply_lora, lora_linear_factory, mark_only_lora_trainable
 from entrenar.models import (
-    CONFIG_FILES,
-    MODEL_FILE_PATTERNS,
     CausalLM,
     LinearFactory,
     ModelConfig,
@@ -66,24 +65,25 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_model_dir(section: ModelSection, *, weights: bool = True) -> Path:
-    """The local folder of the base model, downloading a Hub id into the HF cache first.
+    """The local folder of the base model (`aprender.reference.resolve_model_folder`).
+
+    A folder is used as it is, a ``.gguf`` file is converted once into a cached folder, a Hub id is
+    downloaded into the HF cache at ``model.revision``.
 
     Args:
         section: The ``model:`` section.
-        weights: Also fetch the safetensors files (False: config, generation config and tokenizer only).
+        weights: Also fetch the safetensors files of a Hub id (False: config, generation config and
+            tokenizer only).
 
     Returns:
         The folder holding ``config.json`` (and the weights and tokenizer files).
 
     Raises:
         HubError: The download failed (offline and not cached, unknown repo or revision, no access).
+        ConversionError: The ``.gguf`` file cannot be converted.
     """
-    if section.source == "local":
-        return Path(section.path)
-    from aprender.hub import download  # the Hub client is needed for repo ids only
-
-    patterns = [*(MODEL_FILE_PATTERNS if weights else CONFIG_FILES), *TOKENIZER_FILE_PATTERNS]
-    return Path(download(section.path, section.revision, allow_patterns=patterns))
+    revision = section.revision if section.source == "hub" else None
+    return resolve_model_folder(section.path, revision, weights=weights)
 
 
 def read_model_config(section: ModelSection) -> ModelConfig:
@@ -99,9 +99,10 @@ def read_model_config(section: ModelSection) -> ModelConfig:
         CheckpointError: A local folder without a readable ``config.json``.
         ModelConfigError: An unsupported or invalid config (the message names the file or repo).
         HubError: The Hub could not provide ``config.json``.
+        ConversionError: A ``.gguf`` file that cannot be converted.
     """
     if section.source == "local":
-        return read_config(section.path)
+        return read_config(resolve_model_folder(section.path))
     from aprender.hub import fetch_config
 
     raw = fetch_config(section.path, section.revision)

@@ -37,7 +37,7 @@ def _ctx(make_record: RecordFactory, **overrides: Any) -> CardContext:
     values: dict[str, Any] = {
         "repo_id": "alice/tiny",
         "layout": "model",
-        "method": "lora",
+        "techniques": ("lora",),
         "base_model": "acme/base",
         "license": "apache-2.0",
         "datasets": ("acme/chat-set",),
@@ -61,7 +61,7 @@ def test_front_matter_of_a_merged_model(make_record: RecordFactory) -> None:
 
 def test_front_matter_of_an_adapter_and_of_gguf(make_record: RecordFactory) -> None:
     assert card_metadata(_ctx(make_record, layout="adapter"))["library_name"] == "peft"
-    meta = card_metadata(_ctx(make_record, layout="gguf", method="qlora", gguf_file="tiny-Q8_0.gguf"))
+    meta = card_metadata(_ctx(make_record, layout="gguf", techniques=("qlora",), gguf_file="tiny-Q8_0.gguf"))
     assert "library_name" not in meta
     assert meta["tags"] == ["entrenar", "qlora", "fine-tuned", "gguf"]
 
@@ -111,7 +111,7 @@ def test_qlora_early_stopping_and_short_runs(make_record: RecordFactory) -> None
     record["config"]["quantize"] = {"bits": 4, "type": "nf4", "double_quant": True}
     record["config"]["training"]["grad_accum"] = 1
     record |= {"stop_reason": "early_stopping", "wall_time_s": 75.6}
-    card = render_model_card(_ctx(make_record, method="qlora", record=record))
+    card = render_model_card(_ctx(make_record, techniques=("qlora",), record=record))
     for row in (
         "| Method | QLoRA |",
         "| Base quantization | 4-bit NF4 with double quantization |",
@@ -122,8 +122,8 @@ def test_qlora_early_stopping_and_short_runs(make_record: RecordFactory) -> None
         assert row in card
 
 
-def test_empty_record_gives_only_the_method(make_record: RecordFactory) -> None:
-    card = render_model_card(_ctx(make_record, record={}, method="full", base_model=None))
+def test_empty_record_gives_only_the_techniques(make_record: RecordFactory) -> None:
+    card = render_model_card(_ctx(make_record, record={}, techniques=("full",), base_model=None))
     assert "| Method | full fine-tuning |" in card
     assert "## Evaluation" not in card and "| Steps |" not in card
     assert "fine-tuned from a base model with full fine-tuning" in card
@@ -229,3 +229,12 @@ def test_write_model_card_with_and_without_a_curve(tmp_path: Path, make_record: 
         assert write_model_card(other, _ctx(make_record), points) == [other / "README.md"]
         assert "## Loss curve" not in (other / "README.md").read_text()
     assert not (other / "loss_curve.svg").exists()
+
+
+def test_any_technique_list_is_named(make_record: RecordFactory) -> None:
+    # techniques later issues add, and unknown ones, are shown by their own name
+    ctx = _ctx(make_record, techniques=("qlora", "distill", "my-trick"))
+    card = render_model_card(ctx)
+    assert "| Method | QLoRA + distill + my-trick |" in card
+    assert "with QLoRA + distill + my-trick using entrenar" in card
+    assert card_metadata(ctx)["tags"] == ["entrenar", "qlora", "distill", "my-trick", "fine-tuned"]

@@ -26,7 +26,7 @@ def _set_record(folder: Path, content: object) -> None:
 
 def test_lora_output_is_an_adapter_with_its_record(output: Path, lora_output: Any) -> None:
     folder = detect_model_folder(output)
-    assert (folder.kind, folder.method) == ("adapter", "lora")
+    assert (folder.kind, folder.techniques) == ("adapter", ("lora",))
     assert folder.base_model == str(lora_output.base)  # adapter_config.json's base_model_name_or_path
     assert folder.base_revision is None
     assert folder.record["steps"] == 12
@@ -35,14 +35,14 @@ def test_lora_output_is_an_adapter_with_its_record(output: Path, lora_output: An
 
 def test_full_output_is_a_model_and_takes_the_base_from_the_record(full_output: Path) -> None:
     folder = detect_model_folder(full_output)
-    assert (folder.kind, folder.method, folder.base_model) == ("full", "full", "Qwen/Qwen2.5-0.5B")
+    assert (folder.kind, folder.techniques, folder.base_model) == ("full", ("full",), "Qwen/Qwen2.5-0.5B")
 
 
 def test_plain_folders_without_record_or_metrics(tmp_path: Path, tiny_checkpoints: dict[str, Path]) -> None:
     folder = detect_model_folder(tiny_checkpoints["qwen3"])
-    assert (folder.kind, folder.method, folder.base_model, folder.record, folder.metrics_path) == (
+    assert (folder.kind, folder.techniques, folder.base_model, folder.record, folder.metrics_path) == (
         "full",
-        "full",
+        ("full",),
         None,
         {},
         None,
@@ -85,8 +85,19 @@ def test_adapter_without_base_takes_the_records(output: Path, make_record: Calla
 
 
 def test_qlora_method_comes_from_the_record(output: Path, make_record: Callable[..., dict[str, Any]]) -> None:
+    # a record written before "techniques" existed: its method stands for the one technique
     _set_record(output, make_record("acme/base", "qlora"))
-    assert detect_model_folder(output).method == "qlora"
+    assert detect_model_folder(output).techniques == ("qlora",)
+
+
+def test_any_technique_list_is_taken_as_written(output: Path, make_record: Callable[..., dict[str, Any]]) -> None:
+    record = make_record("acme/base")
+    del record["method"]
+    _set_record(output, record | {"output": "adapter", "techniques": ["qlora", "distill", "my-trick"]})
+    assert detect_model_folder(output).techniques == ("qlora", "distill", "my-trick")
+    _set_record(output, record | {"output": "full", "techniques": ["merge"]})
+    with pytest.raises(PublishError, match="says output 'full' but the folder holds an adapter"):
+        detect_model_folder(output)
 
 
 def test_checkpoint_step_folder_is_refused_naming_the_output_folder(output: Path) -> None:
@@ -148,6 +159,9 @@ def test_record_saying_full_for_an_adapter_is_refused(output: Path, make_record:
         ("{not json", "cannot be read as JSON"),
         ("[1, 2]", "holds a JSON list, not an object"),
         ('{"method": "dpo"}', "method 'dpo' is not one of lora, qlora, full"),
+        ('{"output": "lora"}', "output 'lora' is not one of adapter, full"),
+        ('{"techniques": "lora"}', "techniques must be a list of names"),
+        ('{"techniques": ["lora", ""]}', "techniques must be a list of names"),
         ('{"base_model": "acme/base"}', "base_model must be an object with a string 'path'"),
         ('{"base_model": {"path": 3}}', "base_model must be an object with a string 'path'"),
     ],

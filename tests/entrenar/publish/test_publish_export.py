@@ -219,7 +219,7 @@ def test_qlora_merges_into_the_16_bit_base_never_4_bit(
     save({name: tensor.to(torch.bfloat16) for name, tensor in weights.items()}, base)
     (output / "final_model.json").write_text(json.dumps(make_record(str(base), "qlora")), encoding="utf-8")
     folder = detect_model_folder(output)
-    assert folder.method == "qlora"
+    assert folder.techniques == ("qlora",)
     exported = export_model(folder, tmp_path / "stage", name="tiny", base_model=str(base))
     merged = load(exported.folder)
     assert {tensor.dtype for tensor in merged.values()} == {torch.bfloat16}

@@ -105,7 +105,8 @@ def test_final_model_json(trained: Callable[[str], Any], memorizable_checkpoints
         "revision": None,
         "resolved_revision": None,
     }
-    assert (summary["method"], summary["steps"], summary["stop_reason"]) == ("lora", 30, "completed")
+    assert (summary["output"], summary["techniques"]) == ("adapter", ["lora"])
+    assert (summary["steps"], summary["stop_reason"]) == (30, "completed")
     assert summary["config"] == config_to_dict(cfg)
     assert summary["epochs"] == pytest.approx(30 / 2)  # 8 samples, batch 4: 2 batches per epoch
     assert summary["tokens"]["input"] == sum(r["tokens"] for r in runs.read_metrics(out)[-1:])

@@ -22,13 +22,20 @@ __all__ = [
     "GGUF_TYPES",
     "METHODS",
     "METRICS_NAME",
+    "OUTPUTS",
     "PUBLISH_FORMATS",
+    "TECHNIQUE_NAMES",
     "TRAINER_STATE_NAME",
     "DataFormat",
 ]
 
 METHODS = ("lora", "qlora", "full")
-"""Training methods: a config's method (`TrainConfig.method`), ``entrenar init --method``, ``final_model.json``."""
+"""Training methods: a config's method (`TrainConfig.method`), ``entrenar init --method``; the ``method`` of
+``final_model.json`` files written before ``techniques``."""
+OUTPUTS = ("adapter", "full")
+"""What an output folder holds (``final_model.json`` ``output``): a PEFT adapter or a whole model."""
+TECHNIQUE_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+"""How model cards name the techniques of ``final_model.json``'s ``techniques`` list; others by their own name."""
 DTYPES = ("auto", *DTYPE_NAMES)
 """``model.dtype`` and ``entrenar generate --dtype``: ``auto`` keeps the checkpoint's."""
 DataFormat = Literal["text", "prompt_completion", "alpaca", "messages", "sharegpt"]

@@ -6,7 +6,8 @@ Markdown. Front matter keys:
 
 - ``base_model``: the base model's Hub id (left out when the base is only a local folder);
 - ``library_name``: ``transformers`` for a model, ``peft`` for an adapter (none for a GGUF file);
-- ``tags``: ``entrenar``, the method (``lora``/``qlora``/``full``), ``fine-tuned``, and ``gguf`` for GGUF;
+- ``tags``: ``entrenar``, the techniques (``lora``, ``qlora``, ``full`` ... any name), ``fine-tuned``, and
+  ``gguf`` for GGUF;
 - ``datasets``: Hub dataset ids the training data was read from (files in the HF cache under
   ``datasets--ns--name``); left out when none is known;
 - ``license``: the base model card's (or config's) ``license``; left out when unknown, never guessed;
@@ -39,6 +40,7 @@ import yaml
 from aprender.atomic import atomic_write_text
 from aprender.constants import REPOCARD_NAME
 from entrenar import __version__
+from entrenar.constants import TECHNIQUE_NAMES
 from entrenar.publish.curve import LOSS_CURVE_NAME, LossPoints, is_number, loss_curve_svg
 
 __all__ = [
@@ -52,7 +54,6 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
-_METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
 # The HF cache stores dataset repos as datasets--<namespace>--<name>; Hub ids never contain "--".
 _DATASET_DIR = re.compile(r"^datasets--([A-Za-z0-9._-]+?)--([A-Za-z0-9._-]+)$")
 
@@ -66,7 +67,8 @@ class CardContext:
     Attributes:
         repo_id: The repo the card is for (``namespace/name``).
         layout: ``"model"`` (HF safetensors), ``"adapter"`` (PEFT adapter) or ``"gguf"``.
-        method: ``"lora"``, ``"qlora"`` or ``"full"``.
+        techniques: What made the model (``final_model.json``'s ``techniques``: ``("qlora",)``,
+            ``("lora", "distill")`` ...); known ones are named as `TECHNIQUE_NAMES` says, others as given.
         base_model: The base model's Hub id, or None (unknown, or only a local folder).
         license: The base model's license id, or None when unknown.
         datasets: Hub dataset ids of the training data.
@@ -78,7 +80,7 @@ class CardContext:
 
     repo_id: str
     layout: Layout
-    method: str
+    techniques: tuple[str, ...]
     base_model: str | None = None
     license: str | None = None
     datasets: tuple[str, ...] = ()
@@ -192,7 +194,7 @@ def card_metadata(ctx: CardContext) -> dict[str, Any]:
     if ctx.datasets:
         meta["datasets"] = list(ctx.datasets)
     meta["pipeline_tag"] = "text-generation"
-    meta["tags"] = ["entrenar", ctx.method, "fine-tuned"] + (["gguf"] if ctx.layout == "gguf" else [])
+    meta["tags"] = ["entrenar", *ctx.techniques, "fine-tuned"] + (["gguf"] if ctx.layout == "gguf" else [])
     return meta
 
 
@@ -212,7 +214,7 @@ def render_model_card(ctx: CardContext) -> str:
     sections = [
         f"---\n{front}---\n",
         f"# {name}\n",
-        f"This {what} was fine-tuned from {base} with {_METHOD_NAMES[ctx.method]} using entrenar {__version__}.\n",
+        f"This {what} was fine-tuned from {base} with {_techniques(ctx)} using entrenar {__version__}.\n",
     ]
     details = _training_rows(ctx)
     if details:
@@ -226,6 +228,11 @@ def render_model_card(ctx: CardContext) -> str:
     return "\n".join(sections)
 
 
+def _techniques(ctx: CardContext) -> str:
+    """The techniques in words: "QLoRA", "LoRA + distill" (unknown names as they are)."""
+    return " + ".join(TECHNIQUE_NAMES.get(name, name) for name in ctx.techniques)
+
+
 def _training_rows(ctx: CardContext) -> list[tuple[str, str]]:
     record = ctx.record
     config = _mapping(record.get("config"))
@@ -234,7 +241,7 @@ def _training_rows(ctx: CardContext) -> list[tuple[str, str]]:
     )
     tokens, loss, params = (_mapping(record.get(key)) for key in ("tokens", "loss", "parameters"))
     candidates: list[tuple[str, Any]] = [
-        ("Method", _METHOD_NAMES[ctx.method]),
+        ("Method", _techniques(ctx)),
         ("LoRA rank / alpha", f"{lora['rank']} / {_number(lora['alpha'])}" if {"rank", "alpha"} <= set(lora) else None),
         ("Base quantization", _quantization(quant) if quant else None),
         ("Trainable parameters", _share(params)),

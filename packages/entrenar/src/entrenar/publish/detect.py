@@ -12,10 +12,14 @@ state for resuming, not a model others can load: it is refused with a message th
 publish instead, or says to finish training first. Any PEFT adapter folder or Hugging Face model folder
 works too; without ``final_model.json`` the card simply has no training details.
 
+``final_model.json`` says what the folder holds (``output``: adapter or full) and what made it
+(``techniques``: any names, e.g. ``["qlora", "distill"]``). Files written before ``techniques`` existed
+have a ``method`` (lora, qlora or full) instead, which stands for that one technique.
+
 Example:
     >>> folder = detect_model_folder("output")  # doctest: +SKIP
-    >>> folder.kind, folder.method, folder.base_model  # doctest: +SKIP
-    ('adapter', 'lora', 'Qwen/Qwen2.5-0.5B')
+    >>> folder.kind, folder.techniques, folder.base_model  # doctest: +SKIP
+    ('adapter', ('lora',), 'Qwen/Qwen2.5-0.5B')
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from entrenar.constants import (
     FINAL_MODEL_NAME,
     METHODS,
     METRICS_NAME,
+    OUTPUTS,
     TRAINER_STATE_NAME,
 )
 from entrenar.errors import LoraError, PublishError
@@ -55,8 +60,8 @@ class ModelFolder:
     Attributes:
         path: The folder.
         kind: ``"adapter"`` (PEFT LoRA adapter) or ``"full"`` (a Hugging Face model).
-        method: ``"lora"``, ``"qlora"`` or ``"full"``: the training record's ``method`` when there is
-            one, else ``"lora"`` for an adapter and ``"full"`` for a model.
+        techniques: What made it: the record's ``techniques`` (or its older ``method``), else ``("lora",)``
+            for an adapter and ``("full",)`` for a model.
         base_model: Hub id or path of the base model (the adapter's ``base_model_name_or_path``, else
             the record's ``base_model.path``); None when neither says.
         base_revision: The base model's revision: the commit the run used (``base_model.resolved_revision``)
@@ -67,7 +72,7 @@ class ModelFolder:
 
     path: Path
     kind: FolderKind
-    method: str
+    techniques: tuple[str, ...]
     base_model: str | None
     base_revision: str | None
     record: dict[str, Any] = field(default_factory=dict)
@@ -84,7 +89,8 @@ def read_training_record(folder: str | os.PathLike[str]) -> dict[str, Any]:
         The JSON object; empty when the folder has no ``final_model.json``.
 
     Raises:
-        PublishError: The file is not a JSON object, or ``method`` is not one of `METHODS`.
+        PublishError: The file is not a JSON object, ``output`` is not one of `OUTPUTS`, ``techniques`` is
+            not a list of names, or an older file's ``method`` is not one of `METHODS`.
     """
     path = Path(folder) / FINAL_MODEL_NAME
     if not path.is_file():
@@ -98,6 +104,14 @@ def read_training_record(folder: str | os.PathLike[str]) -> dict[str, Any]:
     method = record.get("method")
     if method is not None and method not in METHODS:
         raise PublishError(f"{path}: method {method!r} is not one of {', '.join(METHODS)}; fix the file")
+    output = record.get("output")
+    if output is not None and output not in OUTPUTS:
+        raise PublishError(f"{path}: output {output!r} is not one of {', '.join(OUTPUTS)}; fix the file")
+    techniques = record.get("techniques")
+    if techniques is not None and not (
+        isinstance(techniques, list) and all(isinstance(t, str) and t.strip() for t in techniques)
+    ):
+        raise PublishError(f'{path}: techniques must be a list of names such as ["lora"]; fix the file')
     base = record.get("base_model")
     if base is not None and not (isinstance(base, dict) and isinstance(base.get("path"), str)):
         raise PublishError(f"{path}: base_model must be an object with a string 'path'; fix the file")
@@ -110,6 +124,24 @@ def _recorded_base(record: dict[str, Any]) -> tuple[str | None, str | None]:
     if base is None:
         return None, None
     return base["path"], base.get("resolved_revision") or base.get("revision")
+
+
+def _techniques(record: dict[str, Any], kind: FolderKind) -> tuple[str, ...]:
+    """The record's techniques: ``techniques``, else the older ``method``, else what the folder kind implies."""
+    if record.get("techniques"):
+        return tuple(record["techniques"])
+    if record.get("method"):
+        return (record["method"],)
+    return ("lora",) if kind == "adapter" else ("full",)
+
+
+def _check_output(folder: Path, record: dict[str, Any], kind: FolderKind) -> None:
+    """Refuse a record that says the folder holds the other kind of output."""
+    said = record.get("output") or ("full" if record.get("method") == "full" else None)
+    if said is not None and said != kind:
+        key = f"output {said!r}" if record.get("output") else "method 'full'"
+        held = "an adapter" if kind == "adapter" else "a full model"
+        raise PublishError(f"{folder}: {FINAL_MODEL_NAME} says {key} but the folder holds {held}; fix the record")
 
 
 def detect_model_folder(path: str | os.PathLike[str]) -> ModelFolder:
@@ -136,8 +168,9 @@ def detect_model_folder(path: str | os.PathLike[str]) -> ModelFolder:
     if (folder / ADAPTER_CONFIG_NAME).is_file() or (folder / ADAPTER_WEIGHTS_NAME).is_file():
         return _adapter_folder(folder, record, metrics_path)
     if (folder / CONFIG_NAME).is_file() and any((folder / name).is_file() for name in _WEIGHTS):
+        _check_output(folder, record, "full")
         base, revision = _recorded_base(record)
-        return ModelFolder(folder, "full", record.get("method") or "full", base, revision, record, metrics_path)
+        return ModelFolder(folder, "full", _techniques(record, "full"), base, revision, record, metrics_path)
     if (folder / CHECKPOINTS_DIR).is_dir():
         raise PublishError(
             f"{folder}: holds checkpoints but no final model, so training did not finish; run "
@@ -157,15 +190,11 @@ def _adapter_folder(folder: Path, record: dict[str, Any], metrics_path: Path | N
         adapter = read_adapter_config(folder)
     except LoraError as exc:
         raise PublishError(str(exc)) from exc
-    method = record.get("method") or "lora"
-    if method == "full":
-        raise PublishError(
-            f"{folder}: {FINAL_MODEL_NAME} says method 'full' but the folder holds an adapter; fix the record"
-        )
+    _check_output(folder, record, "adapter")
     base, revision = _recorded_base(record)
     if adapter.base_model_name_or_path and adapter.base_model_name_or_path != base:
         base, revision = adapter.base_model_name_or_path, adapter.revision
-    return ModelFolder(folder, "adapter", method, base, revision, record, metrics_path)
+    return ModelFolder(folder, "adapter", _techniques(record, "adapter"), base, revision, record, metrics_path)
 
 
 def _refuse_checkpoint(folder: Path) -> None:

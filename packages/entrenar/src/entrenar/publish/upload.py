@@ -273,7 +273,7 @@ def _write_card(model: ModelFolder, exported: ExportedModel, repo: str, base_mod
     ctx = CardContext(
         repo_id=repo,
         layout=exported.layout,
-        method=model.method,
+        techniques=model.techniques,
         base_model=base_id,
         license=base_license(exported.base_dir),
         datasets=hub_dataset_ids(model.record),

@@ -16,7 +16,6 @@ estimates (`meta_model`, `count_parameters`, `estimate_memory`).
 from entrenar.errors import TrainingInterrupted
 from entrenar.train.build import BuildOrderError, RunBuilder, TrainingRun, build_run
 from entrenar.train.callbacks import (
-    METRICS_FILENAME,
     Callback,
     CheckpointSaver,
     EarlyStopping,
@@ -24,7 +23,6 @@ from entrenar.train.callbacks import (
     ProgressDisplay,
 )
 from entrenar.train.checkpoint import (
-    CHECKPOINTS_DIRNAME,
     Checkpoint,
     capture_rng_state,
     latest_checkpoint,
@@ -36,15 +34,12 @@ from entrenar.train.estimate import MemoryEstimate, ParameterCounts, count_param
 from entrenar.train.evaluate import EvalMetrics, evaluate
 from entrenar.train.loop import Trainer
 from entrenar.train.loss import CausalLMLoss
-from entrenar.train.outputs import FINAL_MODEL_FILENAME, write_outputs
+from entrenar.train.outputs import write_outputs
 from entrenar.train.run import TrainResult, dry_run, run_training
 from entrenar.train.setup import StepPlan, build_model, plan_steps, resolve_model_dir
 from entrenar.train.state import TrainState
 
 __all__ = [
-    "CHECKPOINTS_DIRNAME",
-    "FINAL_MODEL_FILENAME",
-    "METRICS_FILENAME",
     "BuildOrderError",
     "Callback",
     "CausalLMLoss",

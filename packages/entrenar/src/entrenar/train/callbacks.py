@@ -34,12 +34,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from aprender.atomic import atomic_write_text
-from entrenar.train.records import METRICS_FILENAME, EvalRecord, MetricRecord, TrainRecord
+from entrenar.train.records import EvalRecord, MetricRecord, TrainRecord
 
 if TYPE_CHECKING:
     from entrenar.train.loop import Trainer
 
-__all__ = ["METRICS_FILENAME", "Callback", "CheckpointSaver", "EarlyStopping", "MetricsLogger", "ProgressDisplay"]
+__all__ = ["Callback", "CheckpointSaver", "EarlyStopping", "MetricsLogger", "ProgressDisplay"]
 
 
 class Callback:

@@ -41,10 +41,10 @@ from torch import Tensor
 from aprender.atomic import atomic_write_text, remove_temp_files
 from aprender.errors import FormatError
 from aprender.format.safetensors import load_file, save_file
+from entrenar.constants import TRAINER_STATE_NAME
 from entrenar.errors import CheckpointError
 
 __all__ = [
-    "CHECKPOINTS_DIRNAME",
     "LATEST_FILENAME",
     "Checkpoint",
     "capture_rng_state",
@@ -58,12 +58,10 @@ __all__ = [
     "save_checkpoint",
 ]
 
-CHECKPOINTS_DIRNAME = "checkpoints"
 LATEST_FILENAME = "latest"
 WEIGHTS_FILENAME = "trainable.safetensors"
 OPTIMIZER_FILENAME = "optimizer.pt"
 STATE_FILENAME = "state.pt"
-TRAINER_STATE_FILENAME = "trainer_state.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
 _TMP_STEP_PREFIX = ".tmp-step-"  # a checkpoint being written: ``.tmp-step-N-<uuid4 hex>``
 _HASH_CHUNK = 1 << 20
@@ -179,7 +177,7 @@ def _write_files(folder: Path, checkpoint: Checkpoint) -> None:
     )
     hashes = {name: file_sha256(folder / name) for name in (WEIGHTS_FILENAME, OPTIMIZER_FILENAME, STATE_FILENAME)}
     content = {"step": checkpoint.step, "data": checkpoint.data, "trainer": checkpoint.trainer, "files": hashes}
-    atomic_write_text(folder / TRAINER_STATE_FILENAME, json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(folder / TRAINER_STATE_NAME, json.dumps(content, indent=2, ensure_ascii=False) + "\n")
     _fsync_dir(folder)
 
 
@@ -300,7 +298,7 @@ def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
 
 
 def _read_trainer_state(folder: Path) -> dict[str, Any]:
-    path = folder / TRAINER_STATE_FILENAME
+    path = folder / TRAINER_STATE_NAME
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -316,7 +314,7 @@ def _verify(folder: Path, hashes: dict[str, str]) -> None:
         if not path.is_file():
             raise CheckpointError(f"{path}: missing; the checkpoint is incomplete")
         if file_sha256(path) != hashes.get(name):
-            raise CheckpointError(f"{path}: contents do not match the hash in {TRAINER_STATE_FILENAME}; it is damaged")
+            raise CheckpointError(f"{path}: contents do not match the hash in {TRAINER_STATE_NAME}; it is damaged")
 
 
 def _torch_load(path: Path) -> Any:

@@ -9,7 +9,8 @@ Files written by `write_outputs` (each atomically):
 - ``final_model.json``, a summary that `entrenar publish` and model cards read:
 
   ``base_model`` {``path``, ``source`` (local|hub), ``revision``, ``resolved_revision`` (the commit of a
-  Hub snapshot, else null)}, ``method`` (full|lora|qlora), ``config`` (the resolved config), ``steps``,
+  Hub snapshot, else null)}, ``output`` (adapter|full: what the folder holds), ``techniques`` (what made it:
+  ``lora``, ``qlora`` or ``full``; later techniques add theirs), ``config`` (the resolved config), ``steps``,
   ``epochs``, ``tokens`` {``input``, ``target``}, ``loss`` {``final_train``, ``best_train``,
   ``final_eval``, ``best_eval``, ``best_eval_step``}, ``eval`` (the last evaluation record or null),
   ``stop_reason`` (``completed`` or ``early_stopping``), ``parameters`` {``trainable``, ``total``},
@@ -30,7 +31,9 @@ from typing import Any
 import torch
 
 from aprender.atomic import atomic_write_json
-from entrenar.config import config_to_dict
+from aprender.constants import GENERATION_CONFIG_NAME
+from entrenar.config import TrainConfig, config_to_dict
+from entrenar.constants import FINAL_MODEL_NAME
 from entrenar.data import resolve_data_files
 from entrenar.lora import save_adapter
 from entrenar.models import CausalLM, save_pretrained
@@ -41,17 +44,14 @@ from entrenar.train.setup.model import compute_dtype, lora_config_of
 from entrenar.train.state import TrainState
 
 __all__ = [
-    "FINAL_MODEL_FILENAME",
-    "GENERATION_CONFIG_FILENAME",
     "data_file_hashes",
     "final_model_summary",
     "package_versions",
+    "techniques_of",
     "write_model_files",
     "write_outputs",
 ]
 
-FINAL_MODEL_FILENAME = "final_model.json"
-GENERATION_CONFIG_FILENAME = "generation_config.json"
 PACKAGES = ("entrenar", "aprender-core", "torch", "numpy", "safetensors", "tokenizers", "pyarrow")
 
 
@@ -112,8 +112,8 @@ def write_model_files(run: TrainingRun, out_dir: str | Path) -> list[Path]:
             base_model_name_or_path=cfg.model.path,
             revision=cfg.model.revision,
         )
-        atomic_write_json(out / GENERATION_CONFIG_FILENAME, _generation_config(model))
-        written.append(out / GENERATION_CONFIG_FILENAME)
+        atomic_write_json(out / GENERATION_CONFIG_NAME, _generation_config(model))
+        written.append(out / GENERATION_CONFIG_NAME)
     written.extend(run.tokenizer.save(out))
     return written
 
@@ -127,6 +127,11 @@ def _losses(state: TrainState) -> dict[str, Any]:
         "best_eval": state.best_eval_loss,
         "best_eval_step": state.best_eval_step,
     }
+
+
+def techniques_of(cfg: TrainConfig) -> list[str]:
+    """The techniques a run applies, in ``final_model.json`` order: its method (lora, qlora or full)."""
+    return [cfg.method]
 
 
 def final_model_summary(run: TrainingRun, state: TrainState) -> dict[str, Any]:
@@ -149,7 +154,8 @@ def final_model_summary(run: TrainingRun, state: TrainState) -> dict[str, Any]:
             "revision": cfg.model.revision,
             "resolved_revision": run.model_dir.name if cfg.model.source == "hub" else None,
         },
-        "method": cfg.method,
+        "output": "adapter" if cfg.lora is not None else "full",
+        "techniques": techniques_of(cfg),
         "config": config_to_dict(cfg),
         "steps": state.step,
         "epochs": state.epoch,
@@ -179,5 +185,5 @@ def write_outputs(run: TrainingRun, state: TrainState, out_dir: str | Path) -> l
     out = Path(out_dir)
     written = write_model_files(run, out)
     summary = final_model_summary(run, state)
-    atomic_write_json(out / FINAL_MODEL_FILENAME, summary)
-    return [*written, out / FINAL_MODEL_FILENAME]
+    atomic_write_json(out / FINAL_MODEL_NAME, summary)
+    return [*written, out / FINAL_MODEL_NAME]

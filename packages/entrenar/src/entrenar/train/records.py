@@ -19,9 +19,7 @@ from typing import Literal, TypedDict, cast
 
 from typing_extensions import NotRequired
 
-__all__ = ["METRICS_FILENAME", "EvalRecord", "MetricRecord", "TrainRecord", "read_metrics"]
-
-METRICS_FILENAME = "metrics.jsonl"
+__all__ = ["EvalRecord", "MetricRecord", "TrainRecord", "read_metrics"]
 
 
 class TrainRecord(TypedDict):

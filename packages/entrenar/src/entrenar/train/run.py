@@ -8,7 +8,7 @@ Then the temp files that a killed run's atomic writes left (in the output folder
 
 Publishing: with a ``publish:`` section the repo id, token and write access are checked before anything
 is built (`entrenar.publish.preflight`), so a typo or a missing token fails in seconds, not after training;
-the finished output folder is then published as the section says (`entrenar.publish.upload_output`).
+the finished output folder is then published as the section says (`entrenar.publish.publish_output`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from rich.console import Console
 
 from aprender.atomic import remove_temp_files
 from entrenar.config import TrainConfig, write_resolved_config
+from entrenar.constants import CHECKPOINTS_DIR, FINAL_MODEL_NAME, METRICS_NAME
 from entrenar.errors import CheckpointError
 from entrenar.train.build import TrainingRun, build_run
 from entrenar.train.callbacks import (
-    METRICS_FILENAME,
     Callback,
     CheckpointSaver,
     EarlyStopping,
@@ -31,7 +31,6 @@ from entrenar.train.callbacks import (
     ProgressDisplay,
 )
 from entrenar.train.checkpoint import (
-    CHECKPOINTS_DIRNAME,
     latest_checkpoint,
     load_checkpoint,
     remove_checkpoints,
@@ -39,7 +38,7 @@ from entrenar.train.checkpoint import (
 )
 from entrenar.train.estimate import count_parameters
 from entrenar.train.loop import Trainer
-from entrenar.train.outputs import FINAL_MODEL_FILENAME, write_outputs
+from entrenar.train.outputs import write_outputs
 from entrenar.train.state import TrainState
 
 __all__ = ["TrainResult", "default_callbacks", "describe_run", "dry_run", "run_training"]
@@ -77,7 +76,7 @@ def default_callbacks(cfg: TrainConfig, console: Console) -> list[Callback]:
         The callbacks.
     """
     training = cfg.training
-    callbacks: list[Callback] = [MetricsLogger(Path(training.output_dir) / METRICS_FILENAME)]
+    callbacks: list[Callback] = [MetricsLogger(Path(training.output_dir) / METRICS_NAME)]
     if training.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(training.early_stopping_patience))
     callbacks += [CheckpointSaver(training.save_every), ProgressDisplay(console)]
@@ -144,7 +143,7 @@ def run_training(
     """
     console = console or Console()
     out = Path(cfg.training.output_dir)
-    root = out / CHECKPOINTS_DIRNAME
+    root = out / CHECKPOINTS_DIR
     start_from = _resume_point(root, resume)
     _preflight(cfg, console)
     run = build_run(cfg)
@@ -161,7 +160,7 @@ def run_training(
         )
     else:
         remove_checkpoints(root)
-        (out / FINAL_MODEL_FILENAME).unlink(missing_ok=True)
+        (out / FINAL_MODEL_NAME).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     write_resolved_config(cfg, out)
     state = trainer.fit()

@@ -14,18 +14,23 @@ from aprender.constants import CONFIG_FILES, DTYPE_NAMES, TOKENIZER_FILES
 __all__ = [
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
+    "ALL_LINEAR",
     "CHECKPOINTS_DIR",
     "COPIED_FILES",
     "DATA_FORMATS",
     "DTYPES",
     "FINAL_MODEL_NAME",
     "GGUF_TYPES",
+    "IGNORE_INDEX",
+    "LORA_INITS",
     "METHODS",
     "METRICS_NAME",
     "OUTPUTS",
     "PUBLISH_FORMATS",
+    "QUANT_TYPES",
     "TECHNIQUE_NAMES",
     "TRAINER_STATE_NAME",
+    "TRAIN_ON",
     "DataFormat",
 ]
 
@@ -44,6 +49,17 @@ DATA_FORMATS: tuple[DataFormat, ...] = get_args(DataFormat)
 PUBLISH_FORMATS = ("safetensors", "gguf")
 GGUF_TYPES = ("f16", "q8_0", "q4_0")
 """What ``entrenar publish --gguf-type`` offers (a subset of `aprender.format.gguf_export.GGUF_TYPES`)."""
+
+TRAIN_ON = ("completion", "all")
+"""``data.train_on``: the loss on the completions (replies) only, or on every token."""
+LORA_INITS = ("default", "gaussian", "pissa", "none")
+"""``lora.init``: how the adapter starts (`entrenar.lora.config` says what each draws)."""
+ALL_LINEAR = "all-linear"
+"""``lora.target_modules`` value selecting every linear layer but the LM head (PEFT's)."""
+QUANT_TYPES = ("nf4", "int8")
+"""``quantize.type``: the frozen base of QLoRA."""
+IGNORE_INDEX = -100
+"""Label of positions that count for nothing (prompt tokens, padding, each sample's last token)."""
 
 # A PEFT adapter folder (peft's names).
 ADAPTER_CONFIG_NAME = "adapter_config.json"

@@ -19,7 +19,16 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
-from entrenar.constants import DATA_FORMATS, DTYPES, GGUF_TYPES, PUBLISH_FORMATS
+from entrenar.constants import (
+    ALL_LINEAR,
+    DATA_FORMATS,
+    DTYPES,
+    GGUF_TYPES,
+    LORA_INITS,
+    PUBLISH_FORMATS,
+    QUANT_TYPES,
+    TRAIN_ON,
+)
 
 __all__ = [
     "DATA_FORMATS",
@@ -43,15 +52,11 @@ __all__ = [
     "TrainingSection",
 ]
 
-TRAIN_ON = ("completion", "all")
 OPTIMIZER_NAMES = ("adamw", "adam", "sgd", "adamw8bit")
 ADAM_FAMILY = ("adamw", "adam", "adamw8bit")
 SCHEDULER_NAMES = ("constant", "linear", "cosine", "step", "inverse_sqrt")
 DECAYING_SCHEDULERS = ("linear", "cosine")
-LORA_INITS = ("default", "gaussian", "pissa", "none")
 QUANT_BITS = (4, 8)
-QUANT_TYPES = ("nf4", "int8")
-ALL_LINEAR = "all-linear"
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts more
 
 
@@ -195,7 +200,8 @@ class LoraSection:
         alpha: Scaling numerator (``alpha / rank``, or ``alpha / sqrt(rank)`` with rsLoRA), > 0.
         dropout: Dropout on the adapter input while training, in [0, 1).
         target_modules: ``all-linear`` (every linear layer but the LM head), a list of module names matched
-            as path suffixes (``[q_proj, v_proj]``), or a regex string matched against whole module paths.
+            as path suffixes (``[q_proj, v_proj]``; ``lm_head`` adapts an untied LM head), or a regex string
+            matched against whole module paths.
         use_rslora: Scale by ``alpha / sqrt(rank)`` (https://arxiv.org/abs/2312.03732).
         use_dora: Weight-decomposed LoRA (https://arxiv.org/abs/2402.09353).
         init: Adapter initialisation: ``default`` (B = 0), ``gaussian``, ``pissa`` (principal singular

@@ -38,12 +38,11 @@ import numpy as np
 
 from aprender.errors import ChatTemplateError
 from aprender.text import Tokenizer, encode_chat
+from entrenar.constants import IGNORE_INDEX, TRAIN_ON
 from entrenar.data.formats import Example
 from entrenar.errors import DataError, InvalidRecordError
 
 TrainOn = Literal["completion", "all"]
-TRAIN_ON: tuple[str, ...] = ("completion", "all")
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True, eq=False)

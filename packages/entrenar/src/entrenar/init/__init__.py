@@ -11,6 +11,7 @@ rank and alpha by model size), `propose` (token lengths and ``seq_len``), `plan`
 checked before writing), `template` (the commented YAML).
 """
 
+from entrenar.config.docs import key_docs
 from entrenar.init.inspect import BaseModel, count_parameters, inspect_base, load_base_tokenizer
 from entrenar.init.plan import FULL_FINETUNE_LR, METHODS, InitPlan, build_plan, config_path_value
 from entrenar.init.propose import (
@@ -24,7 +25,7 @@ from entrenar.init.propose import (
     propose_seq_len,
 )
 from entrenar.init.rank import ALPHA_PER_RANK, LARGE_MODEL_RANK, RANK_BY_SIZE, lora_alpha_for, lora_rank_for
-from entrenar.init.template import PUBLISH_REPO_PLACEHOLDER, check_output, key_docs, render_config, write_config
+from entrenar.init.template import PUBLISH_REPO_PLACEHOLDER, check_output, render_config, write_config
 
 __all__ = [
     "ALPHA_PER_RANK",

@@ -15,7 +15,6 @@ an existing file is replaced only with ``force``.
 from __future__ import annotations
 
 import inspect
-import re
 import textwrap
 from dataclasses import fields
 from pathlib import Path
@@ -25,16 +24,7 @@ import yaml
 
 from aprender.atomic import atomic_write_text
 from entrenar.config import config_from_mapping, parse_yaml
-from entrenar.config.schema import (
-    DataSection,
-    LoraSection,
-    ModelSection,
-    OptimizerSection,
-    PublishSection,
-    QuantizeSection,
-    SchedulerSection,
-    TrainingSection,
-)
+from entrenar.config.docs import key_docs, schema_sections
 from entrenar.errors import InitError
 from entrenar.init.plan import InitPlan
 from entrenar.init.propose import SEQ_LEN_MULTIPLE, SEQ_LEN_PERCENTILE, nearest_rank_percentile
@@ -44,53 +34,14 @@ __all__ = [
     "PUBLISH_REPO_PLACEHOLDER",
     "SECTIONS",
     "check_output",
-    "key_docs",
     "render_config",
     "write_config",
 ]
 
 # Schema order; `publish` is written commented out.
-SECTIONS: dict[str, type] = {
-    "model": ModelSection,
-    "data": DataSection,
-    "optimizer": OptimizerSection,
-    "scheduler": SchedulerSection,
-    "lora": LoraSection,
-    "quantize": QuantizeSection,
-    "training": TrainingSection,
-    "publish": PublishSection,
-}
+SECTIONS: dict[str, type] = schema_sections()
 PUBLISH_REPO_PLACEHOLDER = "your-name/model-name"
 _WIDTH = 110
-_ATTRIBUTE = re.compile(r"^    (\w+): (.*)$")
-
-
-def key_docs(section: type) -> dict[str, str]:
-    """The documentation of each YAML key of a schema section, from its docstring's ``Attributes:``.
-
-    Args:
-        section: a section dataclass of `entrenar.config.schema`.
-
-    Returns:
-        Key name -> one-paragraph description (RST double backticks made single), for every key with a
-        spec (derived fields such as ``model.source`` are not keys).
-
-    Raises:
-        ValueError: the docstring has no ``Attributes:`` block.
-        KeyError: a key of the section is not documented (the schema and its docstring disagree).
-    """
-    lines = inspect.cleandoc(section.__doc__ or "").split("\n")
-    docs: dict[str, str] = {}
-    current = ""
-    for line in lines[lines.index("Attributes:") + 1 :]:
-        match = _ATTRIBUTE.match(line)
-        if match:
-            current = match[1]
-            docs[current] = match[2]
-        elif line.startswith(" " * 8) and current:
-            docs[current] += " " + line.strip()
-    keys = [f.name for f in fields(section) if "spec" in f.metadata]
-    return {key: docs[key].replace("``", "`") for key in keys}
 
 
 def _yaml_scalar(value: Any) -> str:

@@ -13,7 +13,7 @@ Example:
     >>> save_adapter(model, "out", config, base_model_name_or_path="Qwen/Qwen2.5-0.5B")  # doctest: +SKIP
 """
 
-from entrenar.lora.config import ALL_LINEAR, INITS, LoraConfig
+from entrenar.lora.config import ALL_LINEAR, LORA_INITS, LoraConfig
 from entrenar.lora.linear import LoRALinear
 from entrenar.lora.merge import merge_adapter_into_checkpoint, merge_and_unload, merge_weight
 from entrenar.lora.peft_io import (
@@ -40,7 +40,7 @@ from entrenar.lora.targeting import (
 
 __all__ = [
     "ALL_LINEAR",
-    "INITS",
+    "LORA_INITS",
     "AdapterConfig",
     "LoRALinear",
     "LoraConfig",

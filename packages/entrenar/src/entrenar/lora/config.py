@@ -15,19 +15,18 @@ import math
 import re
 from dataclasses import dataclass
 
+from entrenar.constants import ALL_LINEAR, LORA_INITS
 from entrenar.errors import LoraError
 
-__all__ = ["ALL_LINEAR", "INITS", "LoraConfig"]
+__all__ = ["ALL_LINEAR", "LORA_INITS", "LoraConfig"]
 
-ALL_LINEAR = "all-linear"
-# init -> what it draws (PEFT's init_lora_weights value in brackets):
+# LORA_INITS: what each init draws (PEFT's init_lora_weights value in brackets):
 #   "default": A Kaiming-uniform (a=sqrt(5)), B zero [True]; the adapter starts as a no-op.
 #   "gaussian": A ~ N(0, 1/r), B zero ["gaussian"].
 #   "pissa": A, B from the top-r singular triplets of W, W replaced by the residual ["pissa"]
 #            (Meng et al. 2024, https://arxiv.org/abs/2404.02948); the model's output is unchanged.
 #   "none": A and B both keep nn.Linear's default Kaiming-uniform draw [False]: the adapter changes the
 #           output from the start (PEFT's debugging init; useful to test that an adapter matters).
-INITS = ("default", "gaussian", "pissa", "none")
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class LoraConfig:
             path (``re.fullmatch``, as PEFT), or ``"all-linear"``: every linear layer but the LM head.
         use_rslora: Scale by ``alpha / sqrt(rank)`` instead of ``alpha / rank``.
         use_dora: Weight-decomposed LoRA: a trainable magnitude per output row.
-        init: ``"default"``, ``"gaussian"``, ``"pissa"`` or ``"none"`` (see `INITS`).
+        init: ``"default"``, ``"gaussian"``, ``"pissa"`` or ``"none"`` (see `LORA_INITS`).
 
     Raises:
         LoraError: Any field out of range (the message names it).
@@ -68,8 +67,8 @@ class LoraConfig:
             raise LoraError(f"LoRA alpha {self.alpha!r} must be a positive finite number")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
             raise LoraError(f"LoRA dropout {self.dropout!r} must lie in [0, 1)")
-        if self.init not in INITS:
-            raise LoraError(f"LoRA init {self.init!r} is not supported; use one of {', '.join(INITS)}")
+        if self.init not in LORA_INITS:
+            raise LoraError(f"LoRA init {self.init!r} is not supported; use one of {', '.join(LORA_INITS)}")
         object.__setattr__(self, "target_modules", _checked_targets(self.target_modules))
 
     @property

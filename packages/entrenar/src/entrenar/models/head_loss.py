@@ -25,12 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aprender.loss import chunked_causal_lm_loss
+from entrenar.constants import IGNORE_INDEX
 from entrenar.errors import ModelInputError
 
 __all__ = ["DEFAULT_LOSS_CHUNK_SIZE", "IGNORE_INDEX", "LossOutput", "head_loss", "head_operands"]
 
-IGNORE_INDEX = -100
-"""Label of positions that count for nothing (prompt tokens, padding, each sample's last token)."""
 DEFAULT_LOSS_CHUNK_SIZE = 1024
 """Tokens per chunk of logits. A (1024, vocab) float32 chunk is 192 MiB for a 49k vocabulary; on a CPU the
 LM-head matmuls run about 10% faster at 1024 rows than at 256 (measured on SmolLM2-135M)."""

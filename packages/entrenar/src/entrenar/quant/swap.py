@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from aprender.errors import InvalidArgumentError
+from entrenar.constants import QUANT_TYPES
 from entrenar.quant.linear import Int8Linear, NF4Linear
 
 __all__ = ["QUANT_TYPES", "LinearFilter", "not_output_head", "quantize_linears", "release_checkpoint_pages"]
 
-QUANT_TYPES = ("nf4", "int8")
 LinearFilter = Callable[[str, nn.Linear], bool]
 """``filter_fn(path, module)``: whether the linear layer at `path` is quantized."""
 

@@ -93,7 +93,7 @@ def test_whole_run_in_a_child_process(tiny_checkpoints: dict[str, Path], tmp_pat
     done = runs.run_cli("train", str(config), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "qlora fine-tune of" in done.stdout and "step 3/3" in done.stdout
-    assert json.loads((tmp_path / "out" / "final_model.json").read_text())["method"] == "qlora"
+    assert json.loads((tmp_path / "out" / "final_model.json").read_text())["techniques"] == ["qlora"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -90,3 +90,7 @@ class TrainingInterrupted(EntrenarError):
 
 class PublishError(EntrenarError):
     """A model folder cannot be published: not a finished model (a checkpoint), a missing base, a bad option."""
+
+
+class MergeError(EntrenarError, ValueError):
+    """A model merge cannot run as configured: inputs that disagree, a method's constraints, a bad merge config."""

@@ -519,6 +519,7 @@ def test_reader_api(tmp_path: Path) -> None:
     sf.save_file(tensors, tmp_path / "r.safetensors", {"k": "v"})
     reader = sf.open_checkpoint(tmp_path / "r.safetensors")
     assert reader.keys() == ["a", "b"] and reader.metadata == {"k": "v"}
+    assert "a" in reader and "nope" not in reader
     assert reader.shape("a") == (2, 3) and reader.dtype("a") == torch.bfloat16 and reader.dtype("b") == torch.int64
     got = reader.get_tensor("a")
     with pytest.raises(FormatError, match=r"r.safetensors: the checkpoint has no tensor 'nope'"):

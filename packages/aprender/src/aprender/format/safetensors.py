@@ -640,6 +640,11 @@ class CheckpointReader:
         self._check_open()
         return list(self._weight_map)
 
+    def __contains__(self, name: object) -> bool:
+        """Whether the checkpoint holds a tensor of that name."""
+        self._check_open()
+        return name in self._weight_map
+
     def get_tensor(self, name: str) -> torch.Tensor:
         """Read one tensor (CPU) without reading the others."""
         return self._shard(self._file_of(name)).get_tensor(name)

@@ -100,6 +100,8 @@ class MergeMethod:
         random: Whether it draws random numbers (needs a generator).
         merge: The function.
         min_inputs: Fewest inputs a group may have (base included); max_inputs: most, None for no limit.
+        min_non_base: Fewest inputs besides the base; max_non_base: most, None for no limit (nuslerp takes
+            exactly two with or without a base, which a count that includes the base cannot say).
     """
 
     name: str
@@ -111,3 +113,5 @@ class MergeMethod:
     merge: MergeFn
     min_inputs: int = 1
     max_inputs: int | None = None
+    min_non_base: int = 0
+    max_non_base: int | None = None

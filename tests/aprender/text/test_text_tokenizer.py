@@ -365,6 +365,23 @@ def test_save_round_trips_and_transformers_loads_it(tmp_path: Path) -> None:
     _assert_same_as_hf(again, tok_path.parent, [*TEXTS, "a<x1>b"])
 
 
+def test_with_backend_keeps_the_config_over_an_edited_pipeline(tmp_path: Path) -> None:
+    config = {**BASE_CONFIG, "chat_template": CHATML, "model_max_length": 64, "padding_side": "left"}
+    ours = Tokenizer.from_dir(_write(tmp_path / "src", _backend(), {**config, "split_special_tokens": True}))
+    backend = Backend.from_str(ours.backend.to_str())
+    backend.add_tokens(["<new>"])
+    edited = ours.with_backend(backend)
+    assert edited.token_to_id("<new>") == ours.vocab_size and ours.token_to_id("<new>") is None
+    assert edited.special_tokens == ours.special_tokens and edited.chat_template == CHATML
+    assert edited.backend.encode_special_tokens is True
+    edited.save(tmp_path / "a")
+    ours.save(tmp_path / "b")
+    saved_a, saved_b = (json.loads((tmp_path / d / "tokenizer_config.json").read_text()) for d in "ab")
+    # The configs differ only in the added token (id 400 = the 400 trained ids, specials included).
+    assert saved_a.pop("added_tokens_decoder").keys() - saved_b.pop("added_tokens_decoder").keys() == {"400"}
+    assert saved_a == saved_b
+
+
 def test_save_single_template_and_trained_from_scratch(tmp_path: Path) -> None:
     tok = Tokenizer(_backend(), special_tokens={"eos_token": "<end>"}, chat_template=CHATML, model_max_length=64)
     assert tok.token_to_id("<end>") == 400  # added after the 400 trained ids

@@ -188,6 +188,26 @@ class Tokenizer:
             settings["chat_template"] = templates["default"] if only_default else templates
         return cls(backend, **settings_to_kwargs(backend, settings, config_path))
 
+    def with_backend(self, backend: Backend) -> Tokenizer:
+        """This tokenizer's config (special tokens, chat template, limits, other keys) over another pipeline.
+
+        Args:
+            backend: the new `tokenizers` pipeline (e.g. an edited copy of `backend`); modified in place.
+
+        Returns:
+            The new tokenizer; this one is unchanged.
+        """
+        backend.encode_special_tokens = self._backend.encode_special_tokens
+        return Tokenizer(
+            backend,
+            special_tokens=self._special,
+            extra_special_tokens=self._extra_special,
+            chat_template=self._chat_template,
+            model_max_length=self.model_max_length,
+            clean_up_tokenization_spaces=self._clean_up,
+            extra_config=self._extra_config,
+        )
+
     # ---------------------------------------------------------------------------------- encoding
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:

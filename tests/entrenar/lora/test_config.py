@@ -47,6 +47,11 @@ def test_target_modules_normalised() -> None:
         ({"target_modules": ""}, "target_modules is empty"),
         ({"target_modules": "q_proj("}, "does not compile"),
         ({"target_modules": 3}, "target_modules 3"),
+        ({"rank_pattern": ["q_proj"]}, "rank_pattern ['q_proj'] must map"),
+        ({"rank_pattern": {"": 2}}, "rank_pattern key ''"),
+        ({"rank_pattern": {"q_proj(": 2}}, "rank_pattern key 'q_proj(' does not compile"),
+        ({"rank_pattern": {"q_proj": 0}}, "rank_pattern['q_proj'] = 0"),
+        ({"rank_pattern": {"q_proj": 2.0}}, "rank_pattern['q_proj'] = 2.0"),
     ],
 )
 def test_invalid_fields_are_named(kwargs: dict[str, object], needle: str) -> None:
@@ -54,3 +59,26 @@ def test_invalid_fields_are_named(kwargs: dict[str, object], needle: str) -> Non
         LoraConfig(**kwargs)  # type: ignore[arg-type]
     assert needle in str(info.value)
     assert isinstance(info.value, EntrenarError)
+
+
+PATHS = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj", "model.layers.11.mlp.up_proj", "lm_head"]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        {"q_proj": 2},
+        {"model.layers.1.self_attn.q_proj": 2, "q_proj": 3},  # the first matching key wins
+        {r"layers\.1\..*": 5, "up_proj": 6},
+        {"layers.1.mlp.up_proj": 7, "proj": 8},  # "proj" matches no whole name
+        {"lm_head": 9},
+    ],
+)
+def test_for_module_picks_ranks_as_peft(pattern: dict[str, int]) -> None:
+    from peft.utils.other import get_pattern_key  # the oracle: PEFT's own lookup
+
+    config = LoraConfig(rank=4, alpha=8, rank_pattern=pattern)
+    for path in PATHS:
+        expected = pattern.get(get_pattern_key(list(pattern), path), 4)
+        assert config.for_module(path).rank == expected, path
+        assert config.for_module(path).scaling == 8 / expected

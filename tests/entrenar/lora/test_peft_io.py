@@ -141,6 +141,28 @@ def test_peft_pissa_rslora_regex_adapter_loads_in_ours(
     assert (_peft_logits(load_hf, "qwen2", tmp_path / "again") - theirs).abs().max().item() <= TOLERANCE
 
 
+def test_peft_rank_pattern_loads_in_ours(
+    tmp_path: Path, tiny_checkpoints: dict[str, Path], load_hf: Callable[[str], Any]
+) -> None:
+    # A name key (every k_proj) and a full path; PEFT gives each matched layer its rank, alpha / rank its scaling.
+    pattern = {"k_proj": 2, "model.layers.1.mlp.up_proj": 6}
+    kwargs = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "k_proj", "up_proj"], "rank_pattern": pattern}
+    theirs = _peft_adapter(load_hf, "qwen3", tmp_path, **kwargs)
+    model = from_pretrained(tiny_checkpoints["qwen3"])
+    adapter = load_adapter(model, tmp_path)
+    assert adapter.lora.rank_pattern == pattern
+    ranks = {path: module.rank for path, module in lora_modules(model).items()}
+    assert ranks["model.layers.0.self_attn.k_proj"] == 2 and ranks["model.layers.1.mlp.up_proj"] == 6
+    assert ranks["model.layers.0.mlp.up_proj"] == ranks["model.layers.0.self_attn.q_proj"] == 4
+    assert (_our_logits(model) - theirs).abs().max().item() <= TOLERANCE
+    # Built with the pattern (training's route), then saved: PEFT reads it back identically.
+    built = from_pretrained(tiny_checkpoints["qwen3"], linear_factory=lora_linear_factory(adapter.lora))
+    load_adapter(built, tmp_path)
+    save_adapter(built, tmp_path / "again", adapter.lora)
+    assert json.loads((tmp_path / "again" / "adapter_config.json").read_text())["rank_pattern"] == pattern
+    assert (_peft_logits(load_hf, "qwen3", tmp_path / "again") - theirs).abs().max().item() <= TOLERANCE
+
+
 def test_lm_head_adapter_round_trips_through_peft(
     tmp_path: Path, tiny_checkpoints: dict[str, Path], load_hf: Callable[[str], Any]
 ) -> None:
@@ -199,7 +221,8 @@ def _write_config(folder: Path, **changes: Any) -> Path:
         ({"peft_type": "IA3"}, "peft_type 'IA3' is not LORA"),
         ({"task_type": "SEQ_CLS"}, "task_type 'SEQ_CLS' is not supported"),
         ({"bias": "all"}, "bias 'all'"),
-        ({"rank_pattern": {"q_proj": 8}}, "rank_pattern = {'q_proj': 8} is a PEFT feature"),
+        ({"alpha_pattern": {"q_proj": 8}}, "alpha_pattern = {'q_proj': 8} is a PEFT feature"),
+        ({"rank_pattern": {"q_proj": 0}}, "rank_pattern['q_proj'] = 0 must be"),
         ({"fan_in_fan_out": True}, "fan_in_fan_out = True"),
         ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
         ({"init_lora_weights": "olora"}, "init_lora_weights 'olora' is not supported"),

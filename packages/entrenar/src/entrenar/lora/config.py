@@ -6,14 +6,16 @@ https://arxiv.org/abs/2312.03732) uses ``alpha / sqrt(r)`` so larger ranks keep 
 (Liu et al. 2024, https://arxiv.org/abs/2402.09353) adds a per-row magnitude vector on top.
 
 The fields map one to one onto PEFT's ``adapter_config.json`` (see `entrenar.lora.peft_io`):
-``rank`` is ``r``, ``alpha`` is ``lora_alpha``, ``init`` is ``init_lora_weights``.
+``rank`` is ``r``, ``alpha`` is ``lora_alpha``, ``init`` is ``init_lora_weights``, ``rank_pattern`` is
+``rank_pattern`` (per-layer ranks; `LoraConfig.for_module` gives a layer's settings).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from entrenar.constants import ALL_LINEAR, LORA_INITS
 from entrenar.errors import LoraError
@@ -43,6 +45,8 @@ class LoraConfig:
         use_rslora: Scale by ``alpha / sqrt(rank)`` instead of ``alpha / rank``.
         use_dora: Weight-decomposed LoRA: a trainable magnitude per output row.
         init: ``"default"``, ``"gaussian"``, ``"pissa"`` or ``"none"`` (see `LORA_INITS`).
+        rank_pattern: Per-layer ranks, PEFT's ``rank_pattern``: a layer whose path matches a key (a regex
+            matched against the path's tail, see `for_module`) gets that rank instead of `rank`.
 
     Raises:
         LoraError: Any field out of range (the message names it).
@@ -59,6 +63,7 @@ class LoraConfig:
     use_rslora: bool = False
     use_dora: bool = False
     init: str = "default"
+    rank_pattern: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
@@ -70,11 +75,45 @@ class LoraConfig:
         if self.init not in LORA_INITS:
             raise LoraError(f"LoRA init {self.init!r} is not supported; use one of {', '.join(LORA_INITS)}")
         object.__setattr__(self, "target_modules", _checked_targets(self.target_modules))
+        object.__setattr__(self, "rank_pattern", _checked_rank_pattern(self.rank_pattern))
 
     @property
     def scaling(self) -> float:
         """``alpha / sqrt(rank)`` with rsLoRA, else ``alpha / rank``."""
         return self.alpha / math.sqrt(self.rank) if self.use_rslora else self.alpha / self.rank
+
+    def for_module(self, path: str) -> LoraConfig:
+        """The settings of the layer at `path`: its `rank_pattern` rank, if any, in place of `rank`.
+
+        As PEFT (``utils/other.py: get_pattern_key``): the first key, in order, with
+        ``re.match(rf"(.*\\.)?({key})$", path)`` wins.
+
+        Args:
+            path: The layer's module path, e.g. ``"model.layers.0.self_attn.k_proj"``.
+
+        Returns:
+            This config, or a copy with that rank.
+        """
+        for key, rank in self.rank_pattern.items():
+            if re.match(rf"(.*\.)?({key})$", path):
+                return replace(self, rank=rank)
+        return self
+
+
+def _checked_rank_pattern(pattern: object) -> dict[str, int]:
+    """A copy of `rank_pattern` once every key compiles as a regex and every rank is an integer >= 1."""
+    if not isinstance(pattern, Mapping):
+        raise LoraError(f"LoRA rank_pattern {pattern!r} must map layer names or regexes to ranks")
+    for key, rank in pattern.items():
+        if not isinstance(key, str) or not key:
+            raise LoraError(f"LoRA rank_pattern key {key!r} must be a non-empty layer name or regex")
+        try:
+            re.compile(key)
+        except re.error as exc:
+            raise LoraError(f"LoRA rank_pattern key {key!r} does not compile ({exc}); fix the pattern") from exc
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise LoraError(f"LoRA rank_pattern[{key!r}] = {rank!r} must be an integer >= 1")
+    return dict(pattern)
 
 
 def _checked_targets(targets: object) -> tuple[str, ...] | str:

@@ -116,7 +116,9 @@ def merge_adapter_into_checkpoint(
             for name in list(reader.keys()):
                 tensor = reader.get_tensor(name)
                 path = targets.get(name)
-                writer.save_tensor(name, tensor if path is None else merge_weight(tensor, adapters.pop(path), config))
+                if path is not None:
+                    tensor = merge_weight(tensor, adapters.pop(path), config.for_module(path))
+                writer.save_tensor(name, tensor)
             written = writer.finalize()
     for name in COPIED_FILES:
         if (base / name).is_file():
@@ -132,9 +134,10 @@ def _target_keys(
     keys = set(reader.keys())
     targets: dict[str, str] = {}
     for path, tensors in adapters.items():
-        if ("lora_magnitude_vector" in tensors) != config.use_dora or tensors["lora_A"].shape[0] != config.rank:
+        rank = config.for_module(path).rank
+        if ("lora_magnitude_vector" in tensors) != config.use_dora or tensors["lora_A"].shape[0] != rank:
             raise LoraError(
-                f"{path}: the adapter's tensors disagree with its config (rank {config.rank}, "
+                f"{path}: the adapter's tensors disagree with its config (rank {rank}, "
                 f"use_dora={config.use_dora}); re-save the adapter"
             )
         key = f"{path}.weight"

@@ -6,11 +6,12 @@ The files are what ``peft.PeftModel.from_pretrained`` (peft 0.21) loads and what
 - ``adapter_config.json``: ``peft_type: "LORA"``, ``task_type: "CAUSAL_LM"``, ``r``, ``lora_alpha``,
   ``lora_dropout``, ``target_modules`` (names, a regex, or for ``"all-linear"`` the module paths it
   resolved to, as PEFT writes), ``bias: "none"``, ``use_rslora``, ``use_dora``, ``init_lora_weights``,
-  ``base_model_name_or_path``, ``revision`` and the other LoraConfig fields at their "off" values;
+  ``base_model_name_or_path``, ``revision``, ``rank_pattern`` (per-layer ranks) and the other LoraConfig
+  fields at their "off" values;
 - ``adapter_model.safetensors``: ``base_model.model.<module path>.lora_A.weight`` (r, in),
   ``.lora_B.weight`` (out, r) and, with DoRA, ``.lora_magnitude_vector`` (out,).
 
-Reading refuses PEFT features this module does not implement (a per-module rank pattern, trained
+Reading refuses PEFT features this module does not implement (a per-module alpha pattern, trained
 biases, layer subsets, extra trained modules, other init schemes) instead of ignoring them.
 """
 
@@ -43,6 +44,7 @@ __all__ = [
     "read_adapter_config",
     "read_adapter_weights",
     "save_adapter",
+    "save_adapter_weights",
 ]
 
 KEY_PREFIX = "base_model.model."
@@ -65,6 +67,7 @@ _READ_KEYS = {
     "use_rslora",
     "use_dora",
     "init_lora_weights",
+    "rank_pattern",
     "base_model_name_or_path",
     "revision",
 }
@@ -114,7 +117,7 @@ class AdapterConfig:
             "exclude_modules": None,
             "layers_to_transform": None,
             "layers_pattern": None,
-            "rank_pattern": {},
+            "rank_pattern": dict(lora.rank_pattern),
             "alpha_pattern": {},
             "layer_replication": None,
             "loftq_config": {},
@@ -156,6 +159,7 @@ class AdapterConfig:
                 use_rslora=bool(raw.get("use_rslora", False)),
                 use_dora=bool(raw.get("use_dora", False)),
                 init=init,
+                rank_pattern=raw.get("rank_pattern") or {},
             )
         except LoraError as exc:
             raise LoraError(f"{source}: {exc}") from exc
@@ -288,11 +292,43 @@ def save_adapter(
     else:
         targets = sorted(config.target_modules)
     adapter = AdapterConfig(config, base_model_name_or_path, revision)
+    return _write_files(out_dir, adapter, targets, adapter_state_dict(model))
+
+
+def save_adapter_weights(
+    weights: Mapping[str, Mapping[str, Tensor]],
+    out_dir: str | os.PathLike[str],
+    adapter: AdapterConfig,
+    target_modules: list[str] | str,
+) -> list[Path]:
+    """Write adapter tensors held outside a model in PEFT's format (both files atomically); `read_adapter_weights`
+    reads them back.
+
+    Args:
+        weights: Module path -> {"lora_A": (r, in), "lora_B": (out, r)[, "lora_magnitude_vector": (out,)]}.
+        out_dir: Output folder, created if missing.
+        adapter: The settings and base model (written as ``adapter_config.json``).
+        target_modules: What to write as ``target_modules`` (names, a regex, or the module paths).
+
+    Returns:
+        ``[adapter_config.json, adapter_model.safetensors]`` paths.
+    """
+    tensors = {
+        f"{KEY_PREFIX}{path}{_KEY_SUFFIXES[name]}": tensor
+        for path, named in weights.items()
+        for name, tensor in named.items()
+    }
+    return _write_files(out_dir, adapter, target_modules, tensors)
+
+
+def _write_files(
+    out_dir: str | os.PathLike[str], adapter: AdapterConfig, target_modules: list[str] | str, tensors: dict[str, Tensor]
+) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {key: tensor.contiguous() for key, tensor in adapter_state_dict(model).items()}
-    save_file(tensors, out / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
-    atomic_write_json(out / ADAPTER_CONFIG_NAME, adapter.to_peft_dict(targets))
+    contiguous = {key: tensor.contiguous() for key, tensor in tensors.items()}
+    save_file(contiguous, out / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
+    atomic_write_json(out / ADAPTER_CONFIG_NAME, adapter.to_peft_dict(target_modules))
     return [out / ADAPTER_CONFIG_NAME, out / ADAPTER_WEIGHTS_NAME]
 
 
@@ -317,8 +353,9 @@ def check_adapters_match(model: nn.Module, config: LoraConfig) -> None:
             f"(first difference: {extra[0]!r}); use the config the model was built with"
         )
     for path, module in adapters.items():
+        layer = config.for_module(path)
         settings = (module.rank, module.alpha, module.scaling, module.dropout, module.use_dora, module.init)
-        expected = (config.rank, config.alpha, config.scaling, config.dropout, config.use_dora, config.init)
+        expected = (layer.rank, layer.alpha, layer.scaling, layer.dropout, layer.use_dora, layer.init)
         if settings != expected:
             raise LoraError(
                 f"{path}: adapter (rank, alpha, scaling, dropout, dora, init) = {settings}, "

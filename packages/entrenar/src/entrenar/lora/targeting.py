@@ -175,7 +175,7 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> list[str]:
     for path in paths:
         parent_path, _, leaf = path.rpartition(".")
         parent = model.get_submodule(parent_path)
-        setattr(parent, leaf, LoRALinear(getattr(parent, leaf), config))
+        setattr(parent, leaf, LoRALinear(getattr(parent, leaf), config.for_module(path)))
     return paths
 
 
@@ -225,7 +225,7 @@ class LoraLinearFactory:
         if not self._targets(name):
             return base
         self.adapted.append(name)
-        return LoRALinear(base, self.config)
+        return LoRALinear(base, self.config.for_module(name))
 
     def _targets(self, name: str) -> bool:
         if self.config.target_modules == ALL_LINEAR:

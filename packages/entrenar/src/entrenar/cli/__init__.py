@@ -13,6 +13,7 @@ import click
 
 from aprender.errors import AprenderError
 from entrenar import __version__
+from entrenar.cli.extract_lora import extract_lora_command
 from entrenar.cli.generate import generate_command
 from entrenar.cli.info import info_command
 from entrenar.cli.init import init
@@ -41,6 +42,7 @@ _COMMANDS: list[click.Command] = [
     train_command,
     validate_command,
     info_command,
+    extract_lora_command,
 ]
 for _command in _COMMANDS:
     cli.add_command(_command)

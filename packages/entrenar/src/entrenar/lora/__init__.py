@@ -6,6 +6,7 @@
   `mark_only_lora_trainable`, `disable_lora`.
 - `save_adapter` / `load_adapter`: ``adapter_config.json`` + ``adapter_model.safetensors`` as PEFT writes them.
 - `merge_and_unload` (in memory) and `merge_adapter_into_checkpoint` (on disk, tensor by tensor).
+- `extract_lora`: the adapter (truncated SVD of each linear layer's change) that turns a base into a fine-tune.
 
 Example:
     >>> config = LoraConfig(rank=16, alpha=32, target_modules="all-linear")  # doctest: +SKIP
@@ -14,6 +15,7 @@ Example:
 """
 
 from entrenar.lora.config import ALL_LINEAR, LORA_INITS, LoraConfig
+from entrenar.lora.extract import Extraction, extract_lora
 from entrenar.lora.linear import LoRALinear
 from entrenar.lora.merge import merge_adapter_into_checkpoint, merge_and_unload, merge_weight
 from entrenar.lora.peft_io import (
@@ -25,6 +27,7 @@ from entrenar.lora.peft_io import (
     read_adapter_config,
     read_adapter_weights,
     save_adapter,
+    save_adapter_weights,
 )
 from entrenar.lora.targeting import (
     LoraLinearFactory,
@@ -42,6 +45,7 @@ __all__ = [
     "ALL_LINEAR",
     "LORA_INITS",
     "AdapterConfig",
+    "Extraction",
     "LoRALinear",
     "LoraConfig",
     "LoraLinearFactory",
@@ -50,6 +54,7 @@ __all__ = [
     "apply_lora",
     "check_adapters_match",
     "disable_lora",
+    "extract_lora",
     "linear_modules",
     "load_adapter",
     "load_adapter_weights",
@@ -62,5 +67,6 @@ __all__ = [
     "read_adapter_config",
     "read_adapter_weights",
     "save_adapter",
+    "save_adapter_weights",
     "select_target_modules",
 ]

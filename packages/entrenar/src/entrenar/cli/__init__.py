@@ -17,6 +17,7 @@ from entrenar.cli.extract_lora import extract_lora_command
 from entrenar.cli.generate import generate_command
 from entrenar.cli.info import info_command
 from entrenar.cli.init import init
+from entrenar.cli.merge import merge_command
 from entrenar.cli.publish import publish_command, push_command
 from entrenar.cli.train import train_command
 from entrenar.cli.validate import validate_command
@@ -43,6 +44,7 @@ _COMMANDS: list[click.Command] = [
     validate_command,
     info_command,
     extract_lora_command,
+    merge_command,
 ]
 for _command in _COMMANDS:
     cli.add_command(_command)

@@ -26,6 +26,7 @@ from torch import Tensor
 from aprender.format.safetensors import CheckpointReader, CheckpointWriter, open_checkpoint
 from entrenar.errors import MergeError
 from entrenar.merge.base import MergeMethod, ResolvedParameters, TensorGroup
+from entrenar.merge.methods import validate_group
 from entrenar.merge.plan import PlannedTensor
 
 __all__ = ["REOPEN_BYTES", "InputReaders", "check_shapes", "run_plan", "tensor_seed"]
@@ -35,8 +36,11 @@ REOPEN_BYTES = 64 * 2**20
 
 ParameterResolver = Callable[[PlannedTensor], ResolvedParameters]
 """The method's parameters for one planned tensor (the config's settings at its name and layer position)."""
-RowAligner = Callable[[list[Tensor]], list[Tensor]]
-"""Re-index vocabulary rows of the inputs' tensors to the output vocabulary (when vocabularies differ)."""
+RowAligner = Callable[[list[Tensor], list[int], "int | None"], list[Tensor]]
+"""``align(tensors, input_indices, base_position)``: the sources' vocabulary rows re-indexed to the output
+vocabulary (when the vocabularies differ)."""
+BaseOf = Callable[[PlannedTensor], "int | None"]
+"""The input index of the base model of a planned tensor's slice, or None."""
 
 
 class InputReaders:
@@ -118,7 +122,7 @@ def run_plan(
     method: MergeMethod,
     parameters: ParameterResolver,
     *,
-    base_index: int | None,
+    base_of: BaseOf,
     out_dir: str | os.PathLike[str],
     out_dtype: torch.dtype,
     seed: int,
@@ -133,7 +137,7 @@ def run_plan(
         readers: The inputs.
         method: The merge method.
         parameters: Resolves the method's parameters for a tensor.
-        base_index: The base model's input index (None without a base).
+        base_of: The input index of a tensor's base model (its slice's), None without one.
         out_dir: Where the checkpoint is written (shards + index when large).
         out_dtype: The dtype written.
         seed: The seed of random methods.
@@ -147,12 +151,13 @@ def run_plan(
     with CheckpointWriter(out_dir, max_shard_size=max_shard_size) as writer:
         for done, planned in enumerate(plan, start=1):
             tensors = [readers.tensor(index, name) for index, name in planned.sources]
-            if planned.vocab and align_rows is not None:
-                tensors = align_rows(tensors)
             inputs = [index for index, _ in planned.sources]
-            group = TensorGroup(
-                planned.name, tuple(tensors), inputs.index(base_index) if base_index in inputs else None
-            )
+            base = base_of(planned)
+            position = inputs.index(base) if base in inputs else None
+            if planned.vocab and align_rows is not None:
+                tensors = align_rows(tensors, inputs, position)
+            group = TensorGroup(planned.name, tuple(tensors), position)
+            validate_group(method, group)
             generator = torch.Generator().manual_seed(tensor_seed(seed, planned.name)) if method.random else None
             merged = method.merge(group, parameters(planned), generator)
             writer.save_tensor(planned.name, merged.to(out_dtype))

@@ -208,14 +208,18 @@ def render_model_card(ctx: CardContext) -> str:
         The Markdown text.
     """
     front = yaml.safe_dump(card_metadata(ctx), sort_keys=False, allow_unicode=True)
-    name = ctx.repo_id.split("/")[1]
+    name = ctx.repo_id.split("/")[-1]
     base = f"[{ctx.base_model}](https://huggingface.co/{ctx.base_model})" if ctx.base_model else "a base model"
     what = {"model": "model", "adapter": "LoRA adapter", "gguf": "GGUF model"}[ctx.layout]
-    sections = [
-        f"---\n{front}---\n",
-        f"# {name}\n",
-        f"This {what} was fine-tuned from {base} with {_techniques(ctx)} using entrenar {__version__}.\n",
-    ]
+    merge = _mapping(ctx.record.get("merge"))
+    made = (
+        f"was merged from {len(merge.get('inputs') or [])} models"
+        if merge
+        else f"was fine-tuned from {base} with {_techniques(ctx)}"
+    )
+    sections = [f"---\n{front}---\n", f"# {name}\n", f"This {what} {made} using entrenar {__version__}.\n"]
+    if merge:
+        sections.append(_merge_section(merge))
     details = _training_rows(ctx)
     if details:
         sections.append("## Training details\n\n" + _table(("Setting", "Value"), details))
@@ -226,6 +230,28 @@ def render_model_card(ctx: CardContext) -> str:
         sections.append(f"## Loss curve\n\n![Training loss]({LOSS_CURVE_NAME})\n")
     sections.append("## Usage\n\n" + _usage(ctx))
     return "\n".join(sections)
+
+
+def _merge_section(merge: Mapping[str, Any]) -> str:
+    """Method, inputs with their revisions, perplexities on the evaluation text, and the merge config."""
+    method = (
+        f"[{merge.get('title', merge.get('method'))}]({merge['reference']})"
+        if merge.get("reference")
+        else (str(merge.get("title", merge.get("method"))))
+    )
+    rows = [
+        (f"`{item.get('model')}`", str(item.get("resolved_revision") or item.get("revision") or "local"))
+        for item in merge.get("inputs") or []
+        if isinstance(item, Mapping)
+    ]
+    text = f"## Merge\n\nMethod: {method}.\n\n" + _table(("Input", "Revision"), rows)
+    scores = [item for item in merge.get("perplexity") or [] if isinstance(item, Mapping)]
+    if scores:
+        table = _table(("Model", "Perplexity"), [(str(item["model"]), _number(item["perplexity"])) for item in scores])
+        text += f"\nPerplexity on the evaluation text:\n\n{table}"
+    if merge.get("config"):
+        text += f"\nConfiguration:\n\n```yaml\n{str(merge['config']).rstrip()}\n```\n"
+    return text
 
 
 def _techniques(ctx: CardContext) -> str:

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["fixtures.tiny_models", "fixtures.smollm2", "fixtures.hub", "fixtures.llama_cpp"]
+pytest_plugins = [
+    "fixtures.tiny_models",
+    "fixtures.smollm2",
+    "fixtures.hub",
+    "fixtures.llama_cpp",
+    "fixtures.vocab_models",
+]
 
 # An endpoint that refuses connections at once: any accidental Hub call fails fast and loudly.
 _DEAD_ENDPOINT = "http://127.0.0.1:9"

@@ -343,3 +343,89 @@ def test_cli_merges_and_dry_runs(
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     code, _, err = run_cli(capsys, "merge", str(path), "-o", str(tmp_path / "taken"))
     assert code == 2 and "is not empty and holds no earlier merge" in err
+
+
+# ------------------------------------------------------------------------------------------ vocabularies
+
+
+def test_different_vocabularies_need_a_tokenizer_source(vocab_models: dict[str, Path], tmp_path: Path) -> None:
+    config = {"merge_method": "linear", "models": _models([vocab_models["qwen2"], vocab_models["extra"]], [0.5, 0.5])}
+    with pytest.raises(MergeError, match=r"vocabularies differ \(.*qwen2: 1024, .*extra: 1027\)"):
+        _ours(config, tmp_path / "none")
+    assert not (tmp_path / "none" / "ours").exists()
+
+
+@pytest.mark.parametrize("source", ["base", "union"])
+def test_vocabularies_rebuilt_as_mergekit_does(source: str, vocab_models: dict[str, Path], tmp_path: Path) -> None:
+    qwen, extra = vocab_models["qwen2"], vocab_models["extra"]
+    config = {
+        "merge_method": "linear",
+        "base_model": str(qwen),
+        "dtype": "float32",
+        "models": _models([qwen, extra], [0.5, 0.5]),
+        "tokenizer_source": source,
+    }
+    ours, out = _ours(config, tmp_path)
+    theirs = _mergekit(config, tmp_path / "theirs")
+    from transformers import AutoTokenizer
+
+    our_vocab = AutoTokenizer.from_pretrained(out).get_vocab()
+    their_vocab = AutoTokenizer.from_pretrained(tmp_path / "theirs").get_vocab()
+    assert our_vocab.keys() == their_vocab.keys()  # union: mergekit's order of added tokens varies run to run
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == ours["lm_head.weight"].shape[0]
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        for token, index in our_vocab.items():
+            torch.testing.assert_close(ours[name][index], theirs[name][their_vocab[token]], rtol=0, atol=TOLERANCE)
+    ours.pop("model.embed_tokens.weight"), ours.pop("lm_head.weight")
+    theirs.pop("model.embed_tokens.weight"), theirs.pop("lm_head.weight")
+    _assert_same(ours, theirs)
+
+
+# ------------------------------------------------------------------------------------ chat template, publish
+
+
+def test_chat_template(family_models: dict[str, list[Path]], tmp_path: Path) -> None:
+    from aprender.text import Tokenizer
+
+    ft0, ft1 = family_models["llama"][1:3]
+    config = {"merge_method": "linear", "models": _models([ft0, ft1], [0.5, 0.5])}
+    own = Tokenizer.from_dir(ft0).chat_template
+    _, out = _ours(config | {"chat_template": "auto"}, tmp_path / "auto")
+    assert Tokenizer.from_dir(out).chat_template == own  # every input has it
+    jinja = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    _, out = _ours(config | {"chat_template": jinja}, tmp_path / "jinja")
+    assert Tokenizer.from_dir(out).chat_template == jinja
+    with pytest.raises(MergeError, match="named templates are not built in"):
+        _ours(config | {"chat_template": "chatml"}, tmp_path / "named")
+
+
+def test_publish_takes_a_merge_output(
+    family_models: dict[str, list[Path]],
+    tmp_path: Path,
+    local_hub: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import huggingface_hub
+
+    base, ft0, ft1, _ = family_models["qwen2"]
+    config = {
+        "merge_method": "ties",
+        "base_model": str(base),
+        "models": _models([ft0, ft1], [1.0, 1.0]),
+        "publish": {"repo": "alice/tiny-ties"},
+    }
+    monkeypatch.setenv("HF_TOKEN", local_hub.tokens["alice"])
+    code, out, err = run_cli(capsys, "merge", str(_write(tmp_path, config)), "-o", str(tmp_path / "out"))
+    assert code == 0, err
+    assert "published to" in out
+    folder = Path(
+        huggingface_hub.snapshot_download("alice/tiny-ties", endpoint=local_hub.url, token=local_hub.tokens["alice"])
+    )
+    assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    assert "was merged from 3 models" in (folder / "README.md").read_text()
+    # `entrenar publish` takes the folder as well (a full model; dry run lists its files)
+    code, out, err = run_cli(capsys, "publish", str(tmp_path / "out"), "--repo", "alice/again", "--dry-run")
+    assert code == 0 and "model.safetensors" in out, err

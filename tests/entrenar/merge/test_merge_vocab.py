@@ -7,93 +7,26 @@ merge (sum of weight * row, divided by the weights' sum) of our aligned rows.
 
 from __future__ import annotations
 
-import json
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
 from aprender.text import Tokenizer
 from entrenar.errors import MergeError
 from entrenar.merge.vocab import MergedVocabulary, align_rows, build_vocabulary, check_vocabularies
-
-ROWS = ("model.embed_tokens.weight", "lm_head.weight")  # qwen2 is untied: both are merged
-EXTRA_TOKENS = (("Ġmergekit", False), ("<extra>", False), ("<|tool_call|>", True), ("<|beyond|>", True))
-REMOVED = 4  # the last BPE tokens (and merges) "fewer" drops
-SWAPS = ((10, 500), (100, 900), (7, 300))  # id pairs "fewer" exchanges, rows included
-
-
-def _variant(root: Path, source: Path, name: str, seed: int, edit: Callable[..., None]) -> Path:
-    """A copy of the tiny qwen2 checkpoint with every weight perturbed (N(0, 0.05)) and `edit` applied."""
-    out = root / name
-    shutil.copytree(source, out)
-    generator = torch.Generator().manual_seed(seed)
-    tensors = load_file(out / "model.safetensors")
-    tensors = {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in tensors.items()}
-    tokenizer = json.loads((out / "tokenizer.json").read_text())
-    config = json.loads((out / "config.json").read_text())
-    edit(tensors, tokenizer, config, generator)
-    save_file(tensors, out / "model.safetensors")
-    (out / "tokenizer.json").write_text(json.dumps(tokenizer))
-    (out / "config.json").write_text(json.dumps(config))
-    # transformers 5 builds a qwen2 tokenizer's added tokens from tokenizer_config.json: keep it in step.
-    settings = json.loads((out / "tokenizer_config.json").read_text())
-    settings["added_tokens_decoder"] = {
-        str(e["id"]): {k: v for k, v in e.items() if k != "id"} for e in tokenizer["added_tokens"]
-    }
-    (out / "tokenizer_config.json").write_text(json.dumps(settings))
-    return out
-
-
-def _unchanged(tensors: dict[str, torch.Tensor], tokenizer: Any, config: Any, generator: torch.Generator) -> None:
-    pass
-
-
-def _extra(tensors: dict[str, torch.Tensor], tokenizer: Any, config: Any, generator: torch.Generator) -> None:
-    """Four added tokens (two plain, two special); the last is beyond vocab_size (no row), so it is stripped."""
-    first = config["vocab_size"]
-    for offset, (content, special) in enumerate(EXTRA_TOKENS):
-        entry = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": not special, "special": special}
-        tokenizer["added_tokens"].append({"id": first + offset, "content": content, **entry})
-    for name in ROWS:
-        rows = torch.randn(len(EXTRA_TOKENS) - 1, tensors[name].shape[1], generator=generator)
-        tensors[name] = torch.cat([tensors[name], rows])
-    config["vocab_size"] = first + len(EXTRA_TOKENS) - 1
-
-
-def _fewer(tensors: dict[str, torch.Tensor], tokenizer: Any, config: Any, generator: torch.Generator) -> None:
-    """The last BPE tokens and their merges removed, and three id pairs swapped (rows with them)."""
-    vocab = tokenizer["model"]["vocab"]
-    by_id = {token_id: token for token, token_id in vocab.items()}
-    kept = config["vocab_size"] - REMOVED
-    for token_id in range(kept, config["vocab_size"]):
-        del vocab[by_id[token_id]]
-    tokenizer["model"]["merges"] = tokenizer["model"]["merges"][:-REMOVED]
-    for a, b in SWAPS:
-        vocab[by_id[a]], vocab[by_id[b]] = b, a
-        for name in ROWS:
-            tensors[name][[a, b]] = tensors[name][[b, a]]
-    for name in ROWS:
-        tensors[name] = tensors[name][:kept].contiguous()
-    config["vocab_size"] = kept
+from fixtures.vocab_models import REMOVED, ROWS
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints: dict[str, Path]) -> dict[str, Path]:
+def models(vocab_models: dict[str, Path]) -> dict[str, Path]:
     """``qwen2`` (1024 tokens), ``extra`` (1027 + one beyond vocab_size), ``fewer`` (1020, permuted)."""
-    root = tmp_path_factory.mktemp("vocab-models")
-    edits = {"qwen2": _unchanged, "extra": _extra, "fewer": _fewer}
-    return {
-        name: _variant(root, tiny_checkpoints["qwen2"], name, seed, edit)
-        for seed, (name, edit) in enumerate(edits.items())
-    }
+    return vocab_models
 
 
 def _mergekit(

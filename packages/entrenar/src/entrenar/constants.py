@@ -39,7 +39,13 @@ METHODS = ("lora", "qlora", "full")
 ``final_model.json`` files written before ``techniques``."""
 OUTPUTS = ("adapter", "full")
 """What an output folder holds (``final_model.json`` ``output``): a PEFT adapter or a whole model."""
-TECHNIQUE_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+TECHNIQUE_NAMES = {
+    "full": "full fine-tuning",
+    "lora": "LoRA",
+    "qlora": "QLoRA",
+    "merge": "model merging",
+    "extract-lora": "LoRA extraction",
+}
 """How model cards name the techniques of ``final_model.json``'s ``techniques`` list; others by their own name."""
 DTYPES = ("auto", *DTYPE_NAMES)
 """``model.dtype`` and ``entrenar generate --dtype``: ``auto`` keeps the checkpoint's."""

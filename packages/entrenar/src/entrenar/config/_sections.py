@@ -52,7 +52,7 @@ def build_model(raw: object, ctx: Context) -> Values:
         try:
             reference = classify_model_reference(path, base_dir=ctx.base_dir)
         except ModelReferenceError as exc:
-            ctx.report("model.path", _model_path_problem(path, exc, ctx))
+            ctx.report("model.path", model_path_problem(path, exc, ctx))
         else:
             local = reference.kind != "hub"
             values.update(path=reference.location, source="local" if local else "hub")
@@ -61,7 +61,7 @@ def build_model(raw: object, ctx: Context) -> Values:
     return values
 
 
-def _model_path_problem(path: str, exc: ModelReferenceError, ctx: Context) -> str:
+def model_path_problem(path: str, exc: ModelReferenceError, ctx: Context) -> str:
     """The refusal's message; for a missing path it names the absolute path looked at, as for data paths."""
     if exc.problem == "missing":
         return (

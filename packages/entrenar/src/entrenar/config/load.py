@@ -38,7 +38,7 @@ _REQUIRED = ("model", "data")
 MAX_REPORTED = 20  # problems listed in one error; the rest are counted
 
 
-def _read_text(path: Path, source: str) -> str:
+def read_config_text(path: Path, source: str) -> str:
     """The file's text, with one-line errors for a missing, unreadable or non-UTF-8 file."""
     if path.is_dir():
         raise config_error(f"{source}: is a folder; pass the YAML config file inside it")
@@ -72,7 +72,7 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     """
     file = Path(path)
     source = str(path)
-    data = parse_yaml(_read_text(file, source), source)
+    data = parse_yaml(read_config_text(file, source), source)
     if data is None:
         raise config_error(f"{source}: the file is empty; it needs at least model.path and data.train_path")
     if not isinstance(data, dict):
@@ -116,7 +116,7 @@ def _validate(data: object, ctx: Context) -> TrainConfig:
             ctx.report(f"{name}.{'path' if name == 'model' else 'train_path'}", "missing required key")
     cfg = _build(data, ctx)
     if cfg is None:
-        raise _problems_error(data, ctx)
+        raise problems_error(data, ctx)
     return cfg
 
 
@@ -154,7 +154,7 @@ def _build(data: dict[Any, Any], ctx: Context) -> TrainConfig | None:
     )
 
 
-def _problems_error(data: dict[Any, Any], ctx: Context) -> ConfigError:
+def problems_error(data: dict[Any, Any], ctx: Context) -> ConfigError:
     """One `ConfigError` with a line per problem, in document order, at most `MAX_REPORTED` of them."""
     lines = [line for _, line in sorted(ctx.problems, key=lambda problem: _position(data, problem[0]))]
     if len(lines) > MAX_REPORTED:

@@ -35,10 +35,10 @@ import yaml
 from aprender.constants import DTYPE_NAMES
 from aprender.errors import ChatTemplateError, ModelReferenceError
 from aprender.reference import classify_model_reference
-from entrenar.config._sections import _model_path_problem, absolute_path, build_publish
+from entrenar.config._sections import absolute_path, build_publish, model_path_problem
 from entrenar.config._values import Context, check_keys, config_error, convert, describe
 from entrenar.config._yaml import parse_yaml
-from entrenar.config.load import _problems_error, _read_text
+from entrenar.config.load import problems_error, read_config_text
 from entrenar.config.overrides import apply_overrides
 from entrenar.config.schema import MAX_SEED, PublishSection, Spec
 from entrenar.constants import ADAPTER_CONFIG_NAME
@@ -260,7 +260,7 @@ def load_merge_config(
     source = str(path)
     if not file.exists():
         raise config_error(f"{source}: no such file; check the path of the merge config")
-    data = parse_yaml(_read_text(file, source), source)
+    data = parse_yaml(read_config_text(file, source), source)
     if data is None:
         raise config_error(f"{source}: the file is empty; it needs merge_method and models (or slices)")
     if not isinstance(data, dict):
@@ -270,7 +270,7 @@ def load_merge_config(
     ctx.problems.extend(("", line) for line in malformed)
     config = _build(data, ctx, METHODS if methods is None else methods)
     if config is None:
-        raise _problems_error(data, ctx)
+        raise problems_error(data, ctx)
     return config
 
 
@@ -369,7 +369,7 @@ def _located(text: str, path: str, ctx: Context) -> tuple[str, str, str | None] 
     try:
         located = classify_model_reference(reference, base_dir=ctx.base_dir)
     except ModelReferenceError as exc:
-        ctx.report(path, _model_path_problem(reference, exc, ctx))
+        ctx.report(path, model_path_problem(reference, exc, ctx))
         return None
     if at and located.kind != "hub":
         ctx.report(

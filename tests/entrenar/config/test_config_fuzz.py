@@ -16,6 +16,9 @@ from entrenar.config import ConfigError, TrainConfig, load_config
 from entrenar.config.load import MAX_REPORTED
 from entrenar.config.schema import (
     DataSection,
+    DistillHidden,
+    DistillSection,
+    DistillTeacher,
     LoraSection,
     ModelSection,
     OptimizerSection,
@@ -32,10 +35,11 @@ SECTIONS = {
     "scheduler": SchedulerSection,
     "lora": LoraSection,
     "quantize": QuantizeSection,
+    "distill": DistillSection,
     "training": TrainingSection,
     "publish": PublishSection,
 }
-KEYS = sorted({f.name for cls in SECTIONS.values() for f in fields(cls)})
+KEYS = sorted({f.name for cls in [*SECTIONS.values(), DistillHidden, DistillTeacher] for f in fields(cls)})
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 scalars = (

@@ -11,6 +11,9 @@ import pytest
 
 from entrenar.config import (
     DataSection,
+    DistillHidden,
+    DistillSection,
+    DistillTeacher,
     LoraSection,
     ModelSection,
     OptimizerSection,
@@ -24,6 +27,7 @@ from entrenar.config import (
 
 Expected = Any | Callable[[Path], Any]
 WriteConfig = Callable[..., Path]
+TEACHER = {"distill": {"teacher": "org/t"}}
 
 # (key path, value written to the YAML file, other keys the value needs, expected field value).
 # Every value differs from the key's default, so a key that is read but not stored fails its row.
@@ -62,6 +66,23 @@ KEY_TABLE: list[tuple[str, Any, dict[str, Any], Expected]] = [
     ("quantize.bits", 8, {"lora": {}}, 8),
     ("quantize.type", "int8", {"lora": {}, "quantize": {"bits": 8}}, "int8"),
     ("quantize.double_quant", False, {"lora": {}}, False),
+    ("distill.teacher", "models/tiny", {}, lambda p: str(p / "models" / "tiny")),
+    ("distill.revision", "v1.0", TEACHER, "v1.0"),
+    (
+        "distill.teachers",
+        [{"path": "org/a"}, {"path": "org/b", "weight": 2}],
+        {},
+        (DistillTeacher("org/a", 1.0, None, "hub"), DistillTeacher("org/b", 2.0, None, "hub")),
+    ),
+    ("distill.teacher_quantize", "nf4", TEACHER, "nf4"),
+    ("distill.loss", "reverse_kl", TEACHER, "reverse_kl"),
+    ("distill.beta", 0.25, {"distill": {"teacher": "org/t", "loss": "jsd"}}, 0.25),
+    ("distill.skew", 0.2, {"distill": {"teacher": "org/t", "loss": "skew_forward_kl"}}, 0.2),
+    ("distill.temperature", 2, TEACHER, 2.0),
+    ("distill.alpha", 1, TEACHER, 1.0),
+    ("distill.hidden", {"loss": "cosine"}, TEACHER, DistillHidden(loss="cosine")),
+    ("distill.cache", "kd", TEACHER, lambda p: str(p / "kd")),
+    ("distill.cache_top_k", 8, {"distill": {"teacher": "org/t", "cache": "kd"}}, 8),
     ("training.epochs", 1, {}, 1),
     ("training.max_steps", 50, {}, 50),
     ("training.grad_accum", 4, {}, 4),
@@ -90,6 +111,7 @@ SECTION_CLASSES = {
     "scheduler": SchedulerSection,
     "lora": LoraSection,
     "quantize": QuantizeSection,
+    "distill": DistillSection,
     "training": TrainingSection,
     "publish": PublishSection,
 }

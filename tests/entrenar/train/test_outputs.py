@@ -19,7 +19,7 @@ from rich.console import Console
 from safetensors import safe_open
 
 from aprender.text import Tokenizer
-from entrenar.config import config_to_dict, load_config
+from entrenar.config import TrainConfig, config_to_dict, load_config
 from entrenar.lora import adapter_state_dict
 from entrenar.train import outputs, run_training
 
@@ -161,3 +161,16 @@ def test_package_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     assert versions["torch"] == torch.__version__
     assert versions["no-such-distribution"] == "not installed"
     assert versions["python"] == platform.python_version()
+
+
+@pytest.mark.parametrize(
+    ("sections", "techniques"),
+    [
+        ({}, ["full"]),
+        ({"lora": {}, "quantize": {}}, ["qlora"]),
+        ({"lora": {}, "distill": {"teacher": "org/t"}}, ["lora", "distill"]),
+    ],
+)
+def test_techniques_name_the_method_then_distillation(sections: dict[str, Any], techniques: list[str]) -> None:
+    data = {"model": {"path": "org/base"}, "data": {"train_path": "."}, **sections}
+    assert outputs.techniques_of(TrainConfig.from_dict(data)) == techniques

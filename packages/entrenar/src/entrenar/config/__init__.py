@@ -4,6 +4,7 @@ Typical use::
 
     cfg = load_config("config.yaml", overrides=["training.max_steps=10"])
     cfg.method                      # "full", "lora" or "qlora"
+    cfg.techniques                  # ("qlora", "distill") with a distill: section
     write_resolved_config(cfg, cfg.training.output_dir)
 
 Every problem is one line naming the file and key path, e.g.
@@ -16,6 +17,7 @@ from entrenar.config.overrides import apply_overrides, parse_override
 from entrenar.config.resolve import CONFIG_FILENAME, config_to_dict, write_resolved_config
 from entrenar.config.schema import (
     DATA_FORMATS,
+    DISTILL_LOSSES,
     DTYPES,
     GGUF_TYPES,
     LORA_INITS,
@@ -25,6 +27,9 @@ from entrenar.config.schema import (
     SCHEDULER_NAMES,
     TRAIN_ON,
     DataSection,
+    DistillHidden,
+    DistillSection,
+    DistillTeacher,
     LoraSection,
     ModelSection,
     OptimizerSection,
@@ -39,6 +44,7 @@ from entrenar.errors import ConfigError
 __all__ = [
     "CONFIG_FILENAME",
     "DATA_FORMATS",
+    "DISTILL_LOSSES",
     "DTYPES",
     "GGUF_TYPES",
     "LORA_INITS",
@@ -49,6 +55,9 @@ __all__ = [
     "TRAIN_ON",
     "ConfigError",
     "DataSection",
+    "DistillHidden",
+    "DistillSection",
+    "DistillTeacher",
     "LoraSection",
     "ModelSection",
     "OptimizerSection",

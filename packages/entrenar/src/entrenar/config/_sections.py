@@ -23,7 +23,9 @@ from entrenar.config._values import Context, read_section
 from entrenar.config.schema import (
     ADAM_FAMILY,
     DECAYING_SCHEDULERS,
+    SKEW_LOSSES,
     DataSection,
+    DistillSection,
     LoraSection,
     ModelSection,
     OptimizerSection,
@@ -47,18 +49,28 @@ def absolute_path(raw: str, ctx: Context) -> str:
 def build_model(raw: object, ctx: Context) -> Values:
     """``model:``: classify the path (`aprender.reference`, no network): a local folder or .gguf file, or a Hub id."""
     values = read_section(ModelSection, raw, "model", ctx)
-    if "path" in values:
-        path: str = values["path"]
+    _locate_model(values, "path", "model", ctx)
+    return values
+
+
+def _locate_model(values: Values, key: str, section: str, ctx: Context) -> None:
+    """Classify the model reference ``values[key]`` (when valid): set it to its location and ``values["source"]``.
+
+    ``revision`` (a Hub id's branch, tag or commit) is an error with a local path.
+    """
+    if values.get(key) is not None:
+        path: str = values[key]
         try:
             reference = classify_model_reference(path, base_dir=ctx.base_dir)
         except ModelReferenceError as exc:
-            ctx.report("model.path", model_path_problem(path, exc, ctx))
+            ctx.report(f"{section}.{key}", model_path_problem(path, exc, ctx))
         else:
-            local = reference.kind != "hub"
-            values.update(path=reference.location, source="local" if local else "hub")
+            values.update({key: reference.location, "source": "hub" if reference.kind == "hub" else "local"})
     if values.get("revision") is not None and values.get("source") == "local":
-        ctx.report("model.revision", f"applies to Hub repo ids only, and model.path is the local path {values['path']}")
-    return values
+        ctx.report(
+            f"{section}.revision",
+            f"applies to Hub repo ids only, and {section}.{key} is the local path {values[key]}",
+        )
 
 
 def model_path_problem(path: str, exc: ModelReferenceError, ctx: Context) -> str:
@@ -230,3 +242,59 @@ def _check_endpoint(url: str, ctx: Context) -> None:
 def build_lora(raw: object, ctx: Context) -> Values:
     """``lora:``: the generic checks cover every key."""
     return read_section(LoraSection, raw, "lora", ctx)
+
+
+def build_distill(raw: object, ctx: Context) -> Values:
+    """``distill:``: one teacher or a mixture, each classified like ``model.path``; loss-specific keys; the cache."""
+    values = read_section(DistillSection, raw, "distill", ctx)
+    if not isinstance(raw, dict):
+        return values  # reported: not a mapping
+    _distill_teachers(values, ctx)
+    loss = values.setdefault("loss", DistillSection.loss)
+    _only_for(values, "beta", "distill", "loss", ("jsd",), ctx)
+    _only_for(values, "skew", "distill", "loss", SKEW_LOSSES, ctx)
+    if loss == "jsd":
+        _default(values, "beta", 0.5)
+    if loss in SKEW_LOSSES:
+        _default(values, "skew", 0.1)
+    if values.get("cache") is None:
+        if values.get("cache_top_k") is not None:
+            ctx.report("distill.cache_top_k", "applies with distill.cache only; set distill.cache or remove it")
+        return values
+    if values.get("hidden") is not None and ctx.ok("distill.hidden"):
+        ctx.report(
+            "distill.hidden",
+            "cannot be used with distill.cache: the cache stores output distributions only; remove one of the two",
+            "distill.cache",
+        )
+    cache = values["cache"] = absolute_path(values["cache"], ctx)
+    if os.path.isfile(cache):
+        ctx.report("distill.cache", f"{cache} is a file; choose a folder")
+    _default(values, "cache_top_k", 64)
+    return values
+
+
+def _distill_teachers(values: Values, ctx: Context) -> None:
+    """Exactly one of ``teacher`` and ``teachers`` (two or more, each once), each located like ``model.path``."""
+    teachers = values.get("teachers")
+    if teachers is None:
+        if values.get("teacher") is None and ctx.ok("distill.teacher", "distill.teachers"):
+            ctx.report("distill.teacher", "missing; name the teacher model, or a mixture under distill.teachers")
+        _locate_model(values, "teacher", "distill", ctx)
+        return
+    if values.get("teacher") is not None:
+        ctx.report("distill.teachers", "cannot be used with distill.teacher; keep one of the two", "distill.teacher")
+    if values.get("revision") is not None:
+        ctx.report("distill.revision", "applies to distill.teacher only; give each distill.teachers entry its own")
+    if len(teachers) < 2:
+        ctx.report(
+            "distill.teachers", f"a mixture needs at least two teachers, got {len(teachers)}; use distill.teacher"
+        )
+    seen: dict[tuple[object, object], int] = {}
+    for i, entry in enumerate(teachers):
+        where = f"distill.teachers[{i}]"
+        _locate_model(entry, "path", where, ctx)
+        if ctx.ok(where):
+            first = seen.setdefault((entry["path"], entry.get("revision")), i)
+            if first != i:
+                ctx.report(f"{where}.path", f"{entry['path']} is already distill.teachers[{first}]; list each once")

@@ -12,10 +12,12 @@ import math
 import re
 from collections.abc import Callable, Collection
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
-from entrenar.config.schema import ALL_LINEAR, Spec
+from entrenar.config.schema import ALL_LINEAR, AUTO_LAYERS, Spec
 from entrenar.errors import ConfigError
+
+T = TypeVar("T")
 
 _EXPECTED = {
     "int": "an integer",
@@ -24,6 +26,9 @@ _EXPECTED = {
     "str": "a string",
     "pair": "a list of two numbers",
     "targets": "'all-linear', a regex string or a list of module names",
+    "layer_pairs": "'auto' or a list of [student_layer, teacher_layer] pairs",
+    "section": "a mapping of keys",
+    "sections": "a list of mappings",
 }
 
 
@@ -92,6 +97,11 @@ def describe(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _shown(value: object) -> str:
+    """`describe`, telling an empty list apart (a check that wants a non-empty one)."""
+    return "an empty list" if isinstance(value, list | tuple) and not value else describe(value)
+
+
 def join_path(parent: str, key: object) -> str:
     """``parent.key`` (or ``key`` at the top level)."""
     return f"{parent}.{key}" if parent else str(key)
@@ -143,6 +153,19 @@ def read_section(cls: type, raw: object, path: str, ctx: Context) -> dict[str, A
             except ConfigError as exc:
                 ctx.record(key_path, exc)
     return values
+
+
+def make_section(cls: type[T], values: dict[str, Any]) -> T:
+    """The section dataclass `cls` of checked `values`, nested sections (``Spec.section``) built too."""
+    nested = {}
+    for f in fields(cls):  # type: ignore[arg-type]  # `cls` is a dataclass
+        spec, value = f.metadata.get("spec"), values.get(f.name)
+        if spec is not None and spec.section is not None and value is not None:
+            many = spec.kind == "sections"
+            nested[f.name] = (
+                tuple(make_section(spec.section, v) for v in value) if many else make_section(spec.section, value)
+            )
+    return cls(**{**values, **nested})
 
 
 def convert(value: object, spec: Spec, path: str, ctx: Context) -> Any:
@@ -229,6 +252,32 @@ def _target_pattern(value: str, path: str, ctx: Context) -> str:
     return value
 
 
+def _to_layer_pairs(value: object, spec: Spec, path: str, ctx: Context) -> str | tuple[tuple[int, int], ...]:
+    if value == AUTO_LAYERS:
+        return AUTO_LAYERS
+    if not isinstance(value, list | tuple) or not value:
+        raise ctx.error(path, f"expected {_EXPECTED['layer_pairs']} like [[0, 0], [1, 2]], got {_shown(value)}")
+    pairs = []
+    for i, pair in enumerate(value):
+        if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(type(v) is int and v >= 0 for v in pair)):
+            shown = repr(list(pair))[:60] if isinstance(pair, list | tuple) else describe(pair)
+            raise ctx.error(f"{path}[{i}]", f"expected [student_layer, teacher_layer], two integers >= 0, got {shown}")
+        pairs.append((pair[0], pair[1]))
+    return tuple(pairs)
+
+
+def _to_section(value: object, spec: Spec, path: str, ctx: Context) -> dict[str, Any]:
+    assert spec.section is not None  # the schema names the dataclass of every nested section
+    return read_section(spec.section, value, path, ctx)
+
+
+def _to_sections(value: object, spec: Spec, path: str, ctx: Context) -> tuple[dict[str, Any], ...]:
+    assert spec.section is not None
+    if not isinstance(value, list | tuple) or not value:
+        raise ctx.error(path, f"expected {_EXPECTED['sections']}, got {_shown(value)}")
+    return tuple(read_section(spec.section, item, f"{path}[{i}]", ctx) for i, item in enumerate(value))
+
+
 def _check_range(value: float, spec: Spec, path: str, ctx: Context) -> None:
     low_ok = spec.low is None or (value > spec.low if spec.low_open else value >= spec.low)
     high_ok = spec.high is None or (value < spec.high if spec.high_open else value <= spec.high)
@@ -255,4 +304,7 @@ _CONVERTERS: dict[str, Callable[[Any, Spec, str, Context], Any]] = {
     "str": _to_str,
     "pair": _to_pair,
     "targets": _to_targets,
+    "layer_pairs": _to_layer_pairs,
+    "section": _to_section,
+    "sections": _to_sections,
 }

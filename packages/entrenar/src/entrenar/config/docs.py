@@ -31,8 +31,9 @@ once the keys themselves are valid. Command-line overrides such as `training.max
 `lora.target_modules=[q_proj,v_proj]` go through the same validation, and their lines end with
 `(from the command line)`.
 The method follows from the sections: no `lora:` is a full fine-tune, `lora:` is LoRA, `lora:` plus
-`quantize:` is QLoRA. A `publish:` section makes `entrenar train` check the repo id and token before
-the first step and publish after the last.
+`quantize:` is QLoRA. A `distill:` section adds knowledge distillation from a frozen teacher to any of
+the three (`final_model.json` then lists the techniques as, e.g., `[qlora, distill]`). A `publish:`
+section makes `entrenar train` check the repo id and token before the first step and publish after the last.
 
 This table is generated from the schema's own docstrings (`packages/entrenar/src/entrenar/config/schema.py`)
 by `make docs`; edit those, not this file.
@@ -82,15 +83,21 @@ def _cell(text: str) -> str:
     return text.replace("|", r"\|")  # a bare pipe would end the table cell
 
 
-def _section_table(name: str, section: type) -> str:
+def _section_tables(name: str, section: type) -> list[str]:
+    """The section's table, then those of its nested sections (``distill.hidden``, ``distill.teachers[i]``)."""
     defaults = {f.name: "required" if f.default is MISSING else f"`{f.default}`" for f in fields(section)}
     rows = [f"| `{name}.{key}` | {defaults[key]} | {_cell(doc)} |" for key, doc in key_docs(section).items()]
-    return "\n".join([f"### `{name}:`", "", "| key | default | meaning |", "|---|---|---|", *rows]) + "\n"
+    tables = ["\n".join([f"### `{name}:`", "", "| key | default | meaning |", "|---|---|---|", *rows]) + "\n"]
+    for f in fields(section):
+        spec = f.metadata.get("spec")
+        if spec is not None and spec.section is not None:
+            tables += _section_tables(f"{name}.{f.name}{'[i]' if spec.kind == 'sections' else ''}", spec.section)
+    return tables
 
 
 def render_reference() -> str:
     """The whole text of ``docs/configuration.md``."""
-    return "\n".join([INTRO, *(_section_table(name, cls) for name, cls in schema_sections().items())])
+    return "\n".join([INTRO, *(t for name, cls in schema_sections().items() for t in _section_tables(name, cls))])
 
 
 def main(argv: list[str]) -> None:

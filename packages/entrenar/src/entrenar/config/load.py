@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from entrenar.config import _sections as sections
-from entrenar.config._values import Context, check_keys, config_error, describe
+from entrenar.config._values import Context, check_keys, config_error, describe, make_section
 from entrenar.config._yaml import parse_yaml
 from entrenar.config.overrides import apply_overrides
 from entrenar.config.schema import (
     DataSection,
+    DistillSection,
     LoraSection,
     ModelSection,
     OptimizerSection,
@@ -33,7 +34,7 @@ from entrenar.errors import ConfigError
 
 __all__ = ["MAX_REPORTED", "config_from_mapping", "load_config", "parse_yaml"]
 
-SECTIONS = ("model", "data", "optimizer", "scheduler", "lora", "quantize", "training", "publish")
+SECTIONS = ("model", "data", "optimizer", "scheduler", "lora", "quantize", "distill", "training", "publish")
 _REQUIRED = ("model", "data")
 MAX_REPORTED = 20  # problems listed in one error; the rest are counted
 
@@ -139,6 +140,7 @@ def _build(data: dict[Any, Any], ctx: Context) -> TrainConfig | None:
     quantize = sections.build_quantize(data["quantize"], has_lora, ctx) if data.get("quantize") is not None else None
     optimizer = sections.build_optimizer(data.get("optimizer"), has_lora, ctx)
     scheduler = sections.build_scheduler(data.get("scheduler"), training.get("max_steps"), ctx)
+    distill = sections.build_distill(data["distill"], ctx) if data.get("distill") is not None else None
     publish = sections.build_publish(data["publish"], has_lora, ctx) if data.get("publish") is not None else None
     if ctx.problems:
         return None
@@ -149,6 +151,7 @@ def _build(data: dict[Any, Any], ctx: Context) -> TrainConfig | None:
         scheduler=SchedulerSection(**scheduler),
         lora=LoraSection(**lora) if lora is not None else None,
         quantize=QuantizeSection(**quantize) if quantize is not None else None,
+        distill=make_section(DistillSection, distill) if distill is not None else None,
         training=TrainingSection(**training),
         publish=PublishSection(**publish) if publish is not None else None,
     )

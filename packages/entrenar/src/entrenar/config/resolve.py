@@ -2,14 +2,14 @@
 
 `config_to_dict` output only holds dicts, lists, strings, numbers, bools and None, so it goes
 straight into YAML or JSON (``final_model.json``); `TrainConfig.from_dict` of it gives back an equal
-config. Absent optional sections (``lora``, ``quantize``, ``publish``) are left out. Derived fields
-(``model.source``) are not keys: loading recomputes them.
+config. Absent optional sections (``lora``, ``quantize``, ``distill``, ``publish``) are left out. Derived
+fields (``model.source``, ``distill.source``) are not keys: loading recomputes them.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,14 @@ CONFIG_FILENAME = "config.yaml"
 
 
 def _section_to_dict(section: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in fields(section):
-        if "spec" in f.metadata:
-            value = getattr(section, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-    return out
+    return {f.name: _plain(getattr(section, f.name)) for f in fields(section) if "spec" in f.metadata}
+
+
+def _plain(value: Any) -> Any:
+    """A key's value as YAML holds it: nested sections as mappings, tuples as lists."""
+    if is_dataclass(value):
+        return _section_to_dict(value)
+    return [_plain(item) for item in value] if isinstance(value, tuple) else value
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

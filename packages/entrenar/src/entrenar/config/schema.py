@@ -10,13 +10,17 @@ The training method is derived, not written: no ``lora`` section means a full fi
 alone means LoRA, ``lora`` plus ``quantize`` means QLoRA (see `TrainConfig.method`). A separate
 ``method`` key could only repeat (or contradict) what the sections already say.
 
+A ``distill:`` section adds knowledge distillation to any method; `TrainConfig.techniques` lists what a
+run applies (``["qlora", "distill"]``).
+
 A ``null`` section (``lora:`` with nothing under it) is the same as no section; ``lora: {}`` turns
-LoRA on with every default.
+LoRA on with every default. Nested sections (``distill.hidden``, the entries of ``distill.teachers``)
+are dataclasses too, named by their key's ``Spec.section``.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, dataclass, field, replace
 from typing import Any
 
 from entrenar.constants import (
@@ -32,6 +36,7 @@ from entrenar.constants import (
 
 __all__ = [
     "DATA_FORMATS",
+    "DISTILL_LOSSES",
     "DTYPES",
     "GGUF_TYPES",
     "LORA_INITS",
@@ -41,6 +46,9 @@ __all__ = [
     "SCHEDULER_NAMES",
     "TRAIN_ON",
     "DataSection",
+    "DistillHidden",
+    "DistillSection",
+    "DistillTeacher",
     "LoraSection",
     "ModelSection",
     "OptimizerSection",
@@ -58,6 +66,11 @@ SCHEDULER_NAMES = ("constant", "linear", "cosine", "step", "inverse_sqrt")
 DECAYING_SCHEDULERS = ("linear", "cosine")
 QUANT_BITS = (4, 8)
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts more
+DISTILL_LOSSES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
+SKEW_LOSSES = ("skew_forward_kl", "skew_reverse_kl")
+HIDDEN_LOSSES = ("mse", "cosine")
+HIDDEN_SCHEDULES = ("constant", "progressive")
+AUTO_LAYERS = "auto"
 
 
 @dataclass(frozen=True)
@@ -66,13 +79,16 @@ class Spec:
 
     Attributes:
         kind: ``"int"``, ``"float"`` (ints accepted), ``"bool"``, ``"str"`` (non-empty), ``"pair"`` (two
-            floats, from a list) or ``"targets"`` (``"all-linear"``, a regex string or a list of names).
+            floats, from a list), ``"targets"`` (``"all-linear"``, a regex string or a list of names),
+            ``"layer_pairs"`` (``"auto"`` or a list of ``[int, int]``), ``"section"`` (a nested mapping) or
+            ``"sections"`` (a list of nested mappings).
         choices: Allowed values; empty means any value of the kind.
         low: Lower bound for numbers (and each element of a pair); None for none.
         high: Upper bound; None for none.
         low_open: The lower bound itself is excluded.
         high_open: The upper bound itself is excluded.
         nullable: ``null`` is allowed (and means "unset", see the field's docstring).
+        section: ``"section"`` and ``"sections"`` only: the dataclass of the nested mapping(s).
     """
 
     kind: str
@@ -82,6 +98,7 @@ class Spec:
     low_open: bool = False
     high_open: bool = False
     nullable: bool = False
+    section: type | None = None
 
 
 def _key(default: Any = MISSING, **spec: Any) -> Any:
@@ -235,6 +252,107 @@ class QuantizeSection:
 
 
 @dataclass(frozen=True)
+class DistillTeacher:
+    """One entry of ``distill.teachers``: a teacher of the mixture.
+
+    Attributes:
+        path: The teacher model, as ``model.path``: a local folder, a ``.gguf`` file or a Hub repo id. Required.
+        weight: Its share of the mixture, > 0. The weights need not sum to 1: they are normalised (``[1, 3]``
+            means a quarter and three quarters).
+        revision: Hub only: a branch, tag or commit to pin; null takes the default branch.
+        source: Derived, not a YAML key: ``"local"`` or ``"hub"``, as ``model.source``.
+    """
+
+    path: str = _key(kind="str")
+    weight: float = _key(1.0, kind="float", low=0.0, low_open=True)
+    revision: str | None = _key(None, kind="str", nullable=True)
+    source: str = "local"  # derived by the loader
+
+
+@dataclass(frozen=True)
+class DistillHidden:
+    """``distill.hidden:`` layer-wise transfer: student hidden states are pulled towards the teacher's.
+
+    Attributes:
+        layers: ``auto`` (every student layer paired with the teacher layer at the same relative depth, the last
+            with the last) or a list of ``[student_layer, teacher_layer]`` pairs of layer indices >= 0 (checked
+            against the models when the run starts).
+        loss: Distance between paired hidden states: ``mse`` or ``cosine`` (1 - cosine similarity).
+        weight: The hidden loss enters the total as ``weight * hidden``, >= 0.
+        schedule: ``constant`` (every pair from the first step) or ``progressive`` (pairs join one after the
+            other, from the lowest layer up, in equal stages of the run).
+    """
+
+    layers: str | tuple[tuple[int, int], ...] = _key(AUTO_LAYERS, kind="layer_pairs")
+    loss: str = _key("mse", kind="str", choices=HIDDEN_LOSSES)
+    weight: float = _key(1.0, kind="float", low=0.0)
+    schedule: str = _key("constant", kind="str", choices=HIDDEN_SCHEDULES)
+
+
+@dataclass(frozen=True)
+class DistillSection:
+    """``distill:`` knowledge distillation: the student (the model trained, by any method) learns a frozen teacher.
+
+    Attributes:
+        teacher: The teacher model, as ``model.path``: a local folder, a ``.gguf`` file or a Hub repo id
+            (relative paths start at the config file's folder). Exactly one of ``teacher`` and ``teachers``.
+        revision: ``teacher`` on the Hub only: a branch, tag or commit to pin; null takes the default branch.
+        teachers: A mixture: a list of at least two ``{path, weight, revision}`` (``distill.teachers[i]``
+            below); the student learns the weighted mixture of their distributions. Exactly one of ``teacher``
+            and ``teachers``.
+        teacher_quantize: Load the frozen teacher (each one of a mixture) quantized to save memory: ``nf4`` or
+            ``int8``; null: not quantized.
+        loss: Divergence between the teacher's and the student's token distributions: ``forward_kl``
+            (KL(teacher ‖ student), https://arxiv.org/abs/1503.02531), ``reverse_kl`` (KL(student ‖ teacher),
+            https://arxiv.org/abs/2306.08543), ``jsd`` (generalised Jensen-Shannon, see ``beta``,
+            https://arxiv.org/abs/2306.13649), ``skew_forward_kl``, ``skew_reverse_kl`` (see ``skew``,
+            https://arxiv.org/abs/2402.03898) or ``tvd`` (total variation distance). Scaled by T² (``temperature``
+            squared) for the KL-family losses, as Hinton et al.
+        beta: ``jsd`` only: the interpolation in [0, 1], GKD's convention: 0 is forward KL, 1 is reverse KL. null
+            means 0.5 for ``jsd``.
+        skew: ``skew_forward_kl`` and ``skew_reverse_kl`` only, in (0, 1): they are ``KL(t ‖ skew * t + (1 - skew)
+            * s)`` and ``KL(s ‖ skew * s + (1 - skew) * t)`` for teacher and student distributions t and s. null
+            means 0.1 for those two.
+        temperature: T > 0: both distributions are ``softmax(logits / T)``; T² for the KL-family losses, as
+            Hinton et al.
+        alpha: Weight of distillation in [0, 1]: the loss is ``alpha * kd + (1 - alpha) * cross-entropy`` on
+            the data.
+        hidden: ``distill.hidden`` (below): also match hidden states layer by layer; null for none. Not with
+            ``cache``.
+        cache: A folder of precomputed teacher outputs (``entrenar distill-cache``), relative to the config
+            file's folder; null runs the teacher at every step. Not with ``hidden``: the cache stores output
+            distributions only.
+        cache_top_k: ``cache`` only: the teacher's most likely tokens kept per position, >= 1; null means 64 with
+            ``cache``.
+        source: Derived, not a YAML key: ``teacher``'s ``"local"`` or ``"hub"``, as ``model.source``; None with
+            ``teachers``.
+    """
+
+    teacher: str | None = _key(None, kind="str", nullable=True)
+    revision: str | None = _key(None, kind="str", nullable=True)
+    teachers: tuple[DistillTeacher, ...] | None = _key(None, kind="sections", section=DistillTeacher, nullable=True)
+    teacher_quantize: str | None = _key(None, kind="str", choices=QUANT_TYPES, nullable=True)
+    loss: str = _key("forward_kl", kind="str", choices=DISTILL_LOSSES)
+    beta: float | None = _key(None, kind="float", low=0.0, high=1.0, nullable=True)
+    skew: float | None = _key(None, kind="float", low=0.0, high=1.0, low_open=True, high_open=True, nullable=True)
+    temperature: float = _key(1.0, kind="float", low=0.0, low_open=True)
+    alpha: float = _key(0.5, kind="float", low=0.0, high=1.0)
+    hidden: DistillHidden | None = _key(None, kind="section", section=DistillHidden, nullable=True)  # noqa: RUF009
+    cache: str | None = _key(None, kind="str", nullable=True)
+    cache_top_k: int | None = _key(None, kind="int", low=1, nullable=True)
+    source: str | None = None  # derived by the loader
+
+    @property
+    def teacher_models(self) -> tuple[DistillTeacher, ...]:
+        """Every teacher with its share of the mixture (normalised to sum to 1); ``teacher`` alone has weight 1."""
+        if self.teachers is None:
+            assert self.teacher is not None and self.source is not None  # the loader sets one of the two
+            return (DistillTeacher(self.teacher, 1.0, self.revision, self.source),)
+        total = sum(t.weight for t in self.teachers)
+        return tuple(replace(t, weight=t.weight / total) for t in self.teachers)
+
+
+@dataclass(frozen=True)
 class TrainingSection:
     """``training:`` the loop.
 
@@ -303,13 +421,14 @@ class TrainConfig:
         scheduler: `SchedulerSection`.
         lora: `LoraSection`, or None for a full fine-tune.
         quantize: `QuantizeSection` (needs ``lora``), or None.
+        distill: `DistillSection`, or None for no distillation.
         training: `TrainingSection`.
         publish: `PublishSection`, or None to skip publishing.
 
     Example:
         >>> cfg = TrainConfig.from_dict({"model": {"path": "Qwen/Qwen2.5-0.5B"}, "data": {"train_path": "."}})
-        >>> cfg.method, cfg.model.source
-        ('full', 'hub')
+        >>> cfg.method, cfg.model.source, cfg.techniques
+        ('full', 'hub', ('full',))
     """
 
     model: ModelSection
@@ -318,6 +437,7 @@ class TrainConfig:
     scheduler: SchedulerSection = field(default_factory=SchedulerSection)
     lora: LoraSection | None = None
     quantize: QuantizeSection | None = None
+    distill: DistillSection | None = None
     training: TrainingSection = field(default_factory=TrainingSection)
     publish: PublishSection | None = None
 
@@ -327,6 +447,11 @@ class TrainConfig:
         if self.lora is None:
             return "full"
         return "lora" if self.quantize is None else "qlora"
+
+    @property
+    def techniques(self) -> tuple[str, ...]:
+        """What the run applies, in ``final_model.json`` order: `method`, then ``"distill"`` with a distill section."""
+        return (self.method, *(("distill",) if self.distill is not None else ()))
 
     @classmethod
     def from_dict(cls, data: object, *, source: str = "<dict>", base_dir: str | None = None) -> TrainConfig:

@@ -130,8 +130,8 @@ def _losses(state: TrainState) -> dict[str, Any]:
 
 
 def techniques_of(cfg: TrainConfig) -> list[str]:
-    """The techniques a run applies, in ``final_model.json`` order: its method (lora, qlora or full)."""
-    return [cfg.method]
+    """The techniques a run applies, in ``final_model.json`` order: `TrainConfig.techniques`, as a list."""
+    return list(cfg.techniques)
 
 
 def final_model_summary(run: TrainingRun, state: TrainState) -> dict[str, Any]:

@@ -1,8 +1,7 @@
 """aprender.loss.causal_lm: the chunked LM-head cross-entropy equals the plain one and peaks lower.
 
 Oracle: ``F.cross_entropy((hidden @ weight.T).float(), labels)``, values and gradients w.r.t. both `hidden` and
-`weight`. Memory is measured from the CPU allocator's own events (torch.profiler with profile_memory): every
-allocation and free with its size and time, summed in time order into the peak of live bytes.
+`weight`. Memory is measured from the CPU allocator's own events (`fixtures.memory.peak_cpu_bytes`).
 """
 
 from __future__ import annotations
@@ -14,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.profiler import ProfilerActivity, profile
 
 from aprender.errors import InvalidArgumentError
 from aprender.loss import Reduction, chunked_causal_lm_loss, shift_labels
+from fixtures.memory import peak_cpu_bytes
 
 REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum", "none")
 IGNORE = -100
@@ -237,19 +236,6 @@ def test_validation() -> None:
         chunked_causal_lm_loss(hidden, weight.double(), labels)
     with pytest.raises(InvalidArgumentError, match="class index 5 outside"):
         chunked_causal_lm_loss(hidden, weight, torch.tensor([0, 1, 5, IGNORE]))
-
-
-def peak_cpu_bytes(fn: Callable[[], object]) -> int:
-    """Peak live bytes of torch's CPU allocator while `fn` runs (allocations and frees in time order)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    assert prof.profiler is not None and prof.profiler.kineto_results is not None
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
 
 
 def test_memory_meter_sees_allocations() -> None:

@@ -30,6 +30,7 @@ def sample_inputs(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         "binary_focal": (logits, torch.randint(0, 2, (6, 5), generator=g).to(torch.float64)),
         "multiclass_focal": (logits, torch.tensor([0, 4, -100, 2, 1, 3])),
         "kl_distillation": (logits, torch.randn(6, 5, generator=g, dtype=torch.float64)),
+        "distillation": (logits, torch.randn(6, 5, generator=g, dtype=torch.float64)),
         "info_nce": (embeddings, torch.randn(6, 4, generator=g, dtype=torch.float64)),
         "nt_xent": (embeddings, torch.randn(6, 4, generator=g, dtype=torch.float64)),
         "pairwise_contrastive": (stacked, torch.tensor([1, 0, 1, 1, 0, 0])),
@@ -45,7 +46,7 @@ def test_registry_lists_every_exported_loss_by_name() -> None:
         if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__name__.endswith("Loss")
     }
     assert set(LOSSES.values()) == exported
-    assert len(LOSSES) == 13
+    assert len(LOSSES) == 14
     for name, cls in LOSSES.items():
         assert cls.name == name
         assert cls.__name__ in loss_module.__all__

@@ -3,7 +3,9 @@
 Every function takes ``reduction="mean" | "sum" | "none"``; every class holds its hyperparameters, is a
 `Loss` (``loss(pred, target) -> Tensor``) and is safe to share across threads. `LOSSES` maps each class's
 `name` to the class, e.g. for a config file. `chunked_causal_lm_loss` fuses the LM head with the
-cross-entropy to train language models without materialising `(tokens, vocab)` logits.
+cross-entropy to train language models without materialising `(tokens, vocab)` logits;
+`chunked_distillation_loss` does the same for distillation divergences (`DIVERGENCES`) against teacher heads
+or a sparse top-k teacher cache (`topk_teacher`).
 
 Example:
     >>> import torch
@@ -24,7 +26,17 @@ from aprender.loss.classification import (
     cross_entropy,
 )
 from aprender.loss.contrastive import InfoNCELoss, NTXentLoss, info_nce_loss, nt_xent_loss
-from aprender.loss.distill import KLDirection, KLDistillationLoss, kl_distillation_loss
+from aprender.loss.distill import (
+    DIVERGENCES,
+    DistillationLoss,
+    Divergence,
+    KLDirection,
+    KLDistillationLoss,
+    distillation_loss,
+    kl_distillation_loss,
+)
+from aprender.loss.distill_chunked import TeacherHead, chunked_distillation_loss
+from aprender.loss.distill_topk import TopKTeacher, topk_distillation_loss, topk_teacher
 from aprender.loss.embedding import (
     CosineEmbeddingLoss,
     PairwiseContrastiveLoss,
@@ -46,6 +58,7 @@ LOSSES: dict[str, type[Loss]] = {
     BinaryFocalLoss.name: BinaryFocalLoss,
     MulticlassFocalLoss.name: MulticlassFocalLoss,
     KLDistillationLoss.name: KLDistillationLoss,
+    DistillationLoss.name: DistillationLoss,
     InfoNCELoss.name: InfoNCELoss,
     NTXentLoss.name: NTXentLoss,
     PairwiseContrastiveLoss.name: PairwiseContrastiveLoss,
@@ -55,11 +68,14 @@ LOSSES: dict[str, type[Loss]] = {
 """Every `Loss` class by its `name`, e.g. ``LOSSES["huber"](delta=0.5)``."""
 
 __all__ = [
+    "DIVERGENCES",
     "LOSSES",
     "BCEWithLogitsLoss",
     "BinaryFocalLoss",
     "CosineEmbeddingLoss",
     "CrossEntropyLoss",
+    "DistillationLoss",
+    "Divergence",
     "HuberLoss",
     "InfoNCELoss",
     "KLDirection",
@@ -71,12 +87,16 @@ __all__ = [
     "NTXentLoss",
     "PairwiseContrastiveLoss",
     "Reduction",
+    "TeacherHead",
+    "TopKTeacher",
     "TripletMarginLoss",
     "binary_cross_entropy_with_logits",
     "binary_focal_loss",
     "chunked_causal_lm_loss",
+    "chunked_distillation_loss",
     "cosine_embedding_loss",
     "cross_entropy",
+    "distillation_loss",
     "huber_loss",
     "info_nce_loss",
     "kl_distillation_loss",
@@ -86,5 +106,7 @@ __all__ = [
     "nt_xent_loss",
     "pairwise_contrastive_loss",
     "shift_labels",
+    "topk_distillation_loss",
+    "topk_teacher",
     "triplet_margin_loss",
 ]

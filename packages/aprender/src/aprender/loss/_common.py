@@ -25,6 +25,12 @@ def check_positive(where: str, name: str, value: float) -> None:
         raise InvalidArgumentError(f"{where}: {name}={value!r} must be a finite number > 0")
 
 
+def check_chunk_size(where: str, chunk_size: int) -> None:
+    """Raise unless `chunk_size` is an integer >= 1 (not a bool)."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InvalidArgumentError(f"{where}: chunk_size={chunk_size!r} must be an integer >= 1")
+
+
 def check_non_negative(where: str, name: str, value: float) -> None:
     """Raise unless `value` is a finite number >= 0."""
     if not (math.isfinite(value) and value >= 0):

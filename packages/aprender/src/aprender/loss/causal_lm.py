@@ -27,7 +27,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from aprender.errors import InvalidArgumentError
-from aprender.loss._common import check_class_indices, check_positive, check_reduction
+from aprender.loss._chunking import HeadGrads, add_head_grads, head_logits, new_head_grads
+from aprender.loss._common import check_chunk_size, check_class_indices, check_positive, check_reduction
 from aprender.loss.protocol import Reduction
 
 _WHERE = "chunked_causal_lm_loss"
@@ -86,8 +87,7 @@ def chunked_causal_lm_loss(
         InvalidArgumentError: on a bad reduction, chunk_size, logit_softcap, shapes, dtypes or label.
     """
     check_reduction(_WHERE, reduction)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InvalidArgumentError(f"{_WHERE}: chunk_size={chunk_size!r} must be an integer >= 1")
+    check_chunk_size(_WHERE, chunk_size)
     if logit_softcap is not None:
         check_positive(_WHERE, "logit_softcap", logit_softcap)
     _check_inputs(hidden, weight, labels)
@@ -136,14 +136,6 @@ class _Plan:
 
 
 @dataclass
-class _Grads:
-    """Gradient buffers filled chunk by chunk; None where no gradient is wanted."""
-
-    hidden: Tensor | None
-    weight: Tensor | None  # accumulated in the float32 (or float64) accumulation dtype
-
-
-@dataclass
 class _ChunkTargets:
     """Per-token tensors `(N,)` that turn logits into gradients: ``coef_i · (softmax - onehot(label_i))``."""
 
@@ -151,22 +143,6 @@ class _ChunkTargets:
     lse: Tensor  # logsumexp of each token's logits
     coef: Tensor  # upstream gradient of each token's loss, 0 where ignored
     softcap: float | None
-
-
-def _new_grads(hidden: Tensor, weight: Tensor, want_hidden: bool, want_weight: bool) -> _Grads:
-    accum = torch.promote_types(weight.dtype, torch.float32)
-    return _Grads(
-        hidden=torch.zeros_like(hidden) if want_hidden else None,
-        weight=torch.zeros(weight.shape, dtype=accum, device=weight.device) if want_weight else None,
-    )
-
-
-def _chunk_logits(hidden: Tensor, weight: Tensor, softcap: float | None) -> Tensor:
-    """Logits `(C, V)` of one chunk: matmul in the input dtype, then float32 (or float64), then soft-cap."""
-    logits = (hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))
-    if softcap is not None:
-        logits = logits.div_(softcap).tanh_().mul_(softcap)
-    return logits
 
 
 def _logit_grad_(logits: Tensor, lse: Tensor, labels: Tensor, coef: Tensor, softcap: float | None) -> Tensor:
@@ -182,18 +158,11 @@ def _logit_grad_(logits: Tensor, lse: Tensor, labels: Tensor, coef: Tensor, soft
 
 
 def _add_chunk_grads(
-    grads: _Grads, rows: slice, logits: Tensor, chunk: _ChunkTargets, hidden: Tensor, weight: Tensor
+    grads: HeadGrads, rows: slice, logits: Tensor, chunk: _ChunkTargets, hidden: Tensor, weight: Tensor
 ) -> None:
-    """Add one chunk's contribution: ``d hidden = G @ W`` for its rows and ``d W += Gᵀ @ hidden``."""
+    """Add one chunk's contribution to the gradients of `hidden` and `weight`."""
     grad_logits = _logit_grad_(logits, chunk.lse[rows], chunk.labels[rows], chunk.coef[rows], chunk.softcap)
-    grad_low = grad_logits.to(weight.dtype)
-    if grads.hidden is not None:
-        grads.hidden[rows] = grad_low @ weight
-    if grads.weight is not None:
-        if grad_low.dtype == grads.weight.dtype:
-            grads.weight.addmm_(grad_low.T, hidden[rows])
-        else:  # bf16/fp16: tensor-core matmul per chunk, summed over chunks in float32
-            grads.weight.add_(grad_low.T @ hidden[rows])
+    add_head_grads(grads, rows, grad_logits, hidden[rows], weight)
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -207,12 +176,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         count = valid.sum().clamp_min(1).to(accum)
         eager = plan.reduction != "none"
         coef = valid.to(accum) / count if plan.reduction == "mean" else valid.to(accum)
-        grads = _new_grads(hidden, weight, eager and plan.need_hidden_grad, eager and plan.need_weight_grad)
+        grads = new_head_grads(hidden, weight, eager and plan.need_hidden_grad, eager and plan.need_weight_grad)
         per_token = torch.zeros(hidden.shape[0], dtype=accum, device=hidden.device)
         targets = _ChunkTargets(labels=safe, lse=torch.empty_like(per_token), coef=coef, softcap=plan.logit_softcap)
         for start in range(0, hidden.shape[0], plan.chunk_size):
             rows = slice(start, start + plan.chunk_size)
-            logits = _chunk_logits(hidden[rows], weight, plan.logit_softcap)
+            logits = head_logits(hidden[rows], weight, plan.logit_softcap)
             targets.lse[rows] = torch.logsumexp(logits, dim=1)
             target_logits = logits.gather(1, safe[rows].unsqueeze(1)).squeeze(1)
             per_token[rows] = (targets.lse[rows] - target_logits) * valid[rows]
@@ -235,9 +204,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             return scaled_hidden, scaled_weight, None, None
         hidden, weight, safe, valid, lse = ctx.saved_tensors
         targets = _ChunkTargets(labels=safe, lse=lse, coef=grad_output * valid, softcap=ctx.plan.logit_softcap)
-        grads = _new_grads(hidden, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        grads = new_head_grads(hidden, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         for start in range(0, hidden.shape[0], ctx.plan.chunk_size):
             rows = slice(start, start + ctx.plan.chunk_size)
-            logits = _chunk_logits(hidden[rows], weight, ctx.plan.logit_softcap)
+            logits = head_logits(hidden[rows], weight, ctx.plan.logit_softcap)
             _add_chunk_grads(grads, rows, logits, targets, hidden, weight)
         return grads.hidden, None if grads.weight is None else grads.weight.to(ctx.weight_dtype), None, None

@@ -28,13 +28,16 @@ from aprender.loss import chunked_causal_lm_loss
 from entrenar.constants import IGNORE_INDEX
 from entrenar.errors import ModelInputError
 
-__all__ = ["DEFAULT_LOSS_CHUNK_SIZE", "IGNORE_INDEX", "LossOutput", "head_loss", "head_operands"]
+__all__ = ["DEFAULT_LOSS_CHUNK_SIZE", "IGNORE_INDEX", "KDFn", "LossOutput", "head_loss", "head_operands"]
 
 DEFAULT_LOSS_CHUNK_SIZE = 1024
 """Tokens per chunk of logits. A (1024, vocab) float32 chunk is 192 MiB for a 49k vocabulary; on a CPU the
 LM-head matmuls run about 10% faster at 1024 rows than at 256 (measured on SmolLM2-135M)."""
 
 Reduction = Literal["sum", "mean", "none"]
+KDFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``kd(x, weight, labels)``: a distillation loss on the student's LM-head operands at the labelled positions
+(``logits = x @ weight.T``, (N, K) and (V, K)) and their labels (N,), summed over them (`entrenar.distill`)."""
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,15 @@ class LossOutput:
             per position (shape of the labels, 0 where unlabelled) for reduction "none".
         tokens: Labelled tokens, an int64 scalar.
         predictions: With ``predict=True``: the arg-max token at every position, int64 (B, T).
+        kd: With a ``kd`` function: its loss (summed over the labelled positions).
+        hidden_states: With ``hidden_layers``: layer -> its output at the labelled positions (N, hidden_size).
     """
 
     loss: Tensor
     tokens: Tensor
     predictions: Tensor | None = None
+    kd: Tensor | None = None
+    hidden_states: dict[int, Tensor] | None = None
 
 
 def head_operands(head: nn.Module, hidden: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -83,6 +90,7 @@ def head_loss(
     reduction: Reduction = "sum",
     chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE,
     predict: bool = False,
+    kd: KDFn | None = None,
 ) -> LossOutput:
     """Cross-entropy of the head's logits on `hidden` against `labels` (module docstring).
 
@@ -94,12 +102,14 @@ def head_loss(
         reduction: "sum" (what gradient accumulation wants), "mean" or "none".
         chunk_size: Tokens per chunk of logits, >= 1.
         predict: Also return the arg-max token at every position (chunked; no gradient).
+        kd: A distillation loss on the head's operands at the labelled positions ("sum" reduction only).
 
     Returns:
         The `LossOutput`.
 
     Raises:
-        ModelInputError: Labels that do not match the positions.
+        ModelInputError: Labels that do not match the positions, or ``kd`` with another reduction or a head
+            without operands.
     """
     if labels.shape != hidden.shape[:-1] or labels.dtype.is_floating_point:
         raise ModelInputError(
@@ -113,6 +123,11 @@ def head_loss(
         hidden, labels = hidden.reshape(-1, hidden.shape[-1])[keep], labels.reshape(-1)[keep]
     flat = hidden.reshape(-1, hidden.shape[-1])
     operands = head_operands(head, flat)
+    if kd is not None and (operands is None or reduction != "sum"):
+        raise ModelInputError(
+            "distillation needs the summed loss and an LM head whose logits are x @ W.T (plain, tied or LoRA, "
+            "not DoRA or quantized)"
+        )
     if operands is None:
         loss = F.cross_entropy(
             logits(flat).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction=reduction
@@ -122,7 +137,11 @@ def head_loss(
         loss = chunked_causal_lm_loss(
             x, weight, labels.reshape(-1), chunk_size=chunk_size, ignore_index=IGNORE_INDEX, reduction=reduction
         ).reshape(labels.shape if reduction == "none" else ())
-    return LossOutput(loss=loss, tokens=labelled.sum(), predictions=predictions)
+    distilled = None
+    if kd is not None:
+        assert operands is not None
+        distilled = kd(operands[0], operands[1], labels.reshape(-1))
+    return LossOutput(loss=loss, tokens=labelled.sum(), predictions=predictions, kd=distilled)
 
 
 @torch.no_grad()

@@ -21,16 +21,18 @@ Inputs the forward pass understands:
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from entrenar.constants import IGNORE_INDEX
 from entrenar.errors import ModelInputError
 from entrenar.models.cache import KVCache
 from entrenar.models.config import ModelConfig
-from entrenar.models.head_loss import DEFAULT_LOSS_CHUNK_SIZE, LossOutput, Reduction, head_loss
+from entrenar.models.head_loss import DEFAULT_LOSS_CHUNK_SIZE, KDFn, LossOutput, Reduction, head_loss
 from entrenar.models.layers import DecoderLayer, RMSNorm
 from entrenar.models.linear import LinearFactory, make_linear
 from entrenar.models.masks import AttentionMask, build_attention_masks, segment_ids_from_positions
@@ -65,6 +67,7 @@ class DecoderModel(nn.Module):
         masks: dict[int | None, AttentionMask],
         kv_cache: KVCache | None,
         checkpointing: bool,
+        collect: dict[int, Tensor] | None = None,
     ) -> Tensor:
         """Run embedding, layers and final norm on validated inputs (`CausalLM.forward_hidden` prepares them).
 
@@ -74,17 +77,20 @@ class DecoderModel(nn.Module):
             masks: Sliding window (None = full attention) -> the layers' `AttentionMask`.
             kv_cache: Cache to read and extend, or None.
             checkpointing: Recompute each layer in backward (`torch.utils.checkpoint`, non-reentrant).
+            collect: Layer index -> filled with that layer's output (B, T, hidden_size), for the keys present.
 
         Returns:
             Final hidden states, shape (B, T, hidden_size).
         """
         hidden = self.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, hidden.dtype)
-        for layer, window in zip(self.layers, self.windows, strict=True):
+        for index, (layer, window) in enumerate(zip(self.layers, self.windows, strict=True)):
             if checkpointing:
                 hidden = checkpoint(layer, hidden, cos, sin, masks[window], use_reentrant=False)
             else:
                 hidden = layer(hidden, cos, sin, masks[window], kv_cache)
+            if collect is not None and index in collect:
+                collect[index] = hidden
         output: Tensor = self.norm(hidden)
         return output
 
@@ -153,6 +159,8 @@ class CausalLM(nn.Module):
         reduction: Reduction = "sum",
         loss_chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE,
         predict: bool = False,
+        kd: KDFn | None = None,
+        hidden_layers: tuple[int, ...] = (),
     ) -> Tensor | LossOutput:
         """Logits for every position or, given labels, the next-token loss.
 
@@ -167,18 +175,24 @@ class CausalLM(nn.Module):
             reduction: With labels: "sum" over the labelled tokens (default), "mean" or "none".
             loss_chunk_size: With labels: tokens per chunk of logits.
             predict: With labels: also return the arg-max token at every position.
+            kd: With labels: a distillation loss computed on the LM head's operands at the labelled positions
+                (`entrenar.models.head_loss.KDFn`), returned as ``LossOutput.kd``.
+            hidden_layers: With labels: return these layers' outputs at the labelled positions
+                (``LossOutput.hidden_states``, layer -> (N, hidden_size)), for layer-wise distillation.
 
         Returns:
             Logits (B, T, vocab_size) in the model's dtype; with labels a `LossOutput` (summed loss, labelled
-            token count, predictions).
+            token count, predictions, distillation loss, layer outputs).
 
         Raises:
             ModelInputError: Inconsistent shapes or options.
         """
-        hidden = self.forward_hidden(input_ids, attention_mask, position_ids, seq_ids, kv_cache)
+        # the keys ask for those layers; forward_hidden fills their values
+        collected = cast(dict[int, Tensor], dict.fromkeys(hidden_layers)) if hidden_layers else None
+        hidden = self.forward_hidden(input_ids, attention_mask, position_ids, seq_ids, kv_cache, collected)
         if labels is None:
             return self.logits(hidden)
-        return head_loss(
+        output = head_loss(
             self.output_embeddings(),
             self.logits,
             hidden,
@@ -186,7 +200,12 @@ class CausalLM(nn.Module):
             reduction=reduction,
             chunk_size=loss_chunk_size,
             predict=predict,
+            kd=kd,
         )
+        if collected is None:
+            return output
+        keep = labels != IGNORE_INDEX
+        return replace(output, hidden_states={layer: states[keep] for layer, states in collected.items()})
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Project final hidden states to the vocabulary.
@@ -209,6 +228,7 @@ class CausalLM(nn.Module):
         position_ids: Tensor | None = None,
         seq_ids: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        collect: dict[int, Tensor] | None = None,
     ) -> Tensor:
         """Final hidden states (after the last RMSNorm), the LM head's input.
 
@@ -218,6 +238,7 @@ class CausalLM(nn.Module):
             position_ids: Positions, shape (B, T) or (1, T).
             seq_ids: Packed-sample ids, shape (B, T); not with a KV cache.
             kv_cache: Cache to read and extend.
+            collect: Layer index -> filled with that layer's output (B, T, hidden_size), for the keys present.
 
         Returns:
             Shape (B, T, hidden_size).
@@ -238,7 +259,7 @@ class CausalLM(nn.Module):
             windows=self.model.windows,
         )
         checkpointing = self.gradient_checkpointing and kv_cache is None and torch.is_grad_enabled()
-        output: Tensor = self.model(input_ids, positions, masks, kv_cache, checkpointing)
+        output: Tensor = self.model(input_ids, positions, masks, kv_cache, checkpointing, collect)
         return output
 
 

@@ -1,0 +1,1 @@
+"""Knowledge distillation: teachers, their vocabulary check, the loss step and layer-wise transfer."""

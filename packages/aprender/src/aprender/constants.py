@@ -6,11 +6,14 @@ huggingface_hub): config validation and ``entrenar --help`` read these without t
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 __all__ = [
     "CHAT_TEMPLATE_DIR",
     "CHAT_TEMPLATE_FILE",
     "CONFIG_FILES",
     "CONFIG_NAME",
+    "DIVERGENCES",
     "DTYPE_NAMES",
     "FILE_SUFFIXES",
     "GENERATION_CONFIG_NAME",
@@ -24,7 +27,12 @@ __all__ = [
     "TOKENIZER_FILE",
     "TOKENIZER_FILES",
     "TOKENIZER_FILE_PATTERNS",
+    "Divergence",
 ]
+
+Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"]
+DIVERGENCES: tuple[str, ...] = get_args(Divergence)
+"""Distillation divergences between teacher and student distributions (`aprender.loss.distill`)."""
 
 # A Hugging Face model folder (transformers' names).
 CONFIG_NAME = "config.json"

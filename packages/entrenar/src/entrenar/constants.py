@@ -15,12 +15,15 @@ __all__ = [
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
     "ALL_LINEAR",
+    "AUTO_LAYERS",
     "CHECKPOINTS_DIR",
     "COPIED_FILES",
     "DATA_FORMATS",
     "DTYPES",
     "FINAL_MODEL_NAME",
     "GGUF_TYPES",
+    "HIDDEN_LOSSES",
+    "HIDDEN_SCHEDULES",
     "IGNORE_INDEX",
     "LORA_INITS",
     "METHODS",
@@ -65,6 +68,12 @@ ALL_LINEAR = "all-linear"
 QUANT_TYPES = ("nf4", "int8")
 """``quantize.type``: the frozen base of QLoRA."""
 IGNORE_INDEX = -100
+HIDDEN_LOSSES = ("mse", "cosine")
+"""``distill.hidden.loss``: how paired hidden states are compared (`entrenar.distill.hidden`)."""
+HIDDEN_SCHEDULES = ("constant", "progressive")
+"""``distill.hidden.schedule``: every layer pair from the start, or one after the other from the bottom."""
+AUTO_LAYERS = "auto"
+"""``distill.hidden.layers`` value pairing every student layer with the teacher layer at the same depth."""
 """Label of positions that count for nothing (prompt tokens, padding, each sample's last token)."""
 
 # A PEFT adapter folder (peft's names).

@@ -30,6 +30,7 @@ from typing import ClassVar, Literal, get_args
 import torch
 from torch import Tensor
 
+from aprender.constants import DIVERGENCES, Divergence
 from aprender.errors import InvalidArgumentError
 from aprender.loss._common import (
     check_positive,
@@ -39,11 +40,6 @@ from aprender.loss._common import (
     reduce_weighted,
 )
 from aprender.loss.protocol import Reduction
-
-Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"]
-"""The divergence between the teacher's and the student's distribution (see the module docstring)."""
-
-DIVERGENCES: tuple[str, ...] = get_args(Divergence)
 
 KLDirection = Literal["forward", "reverse"]
 """forward: KL(teacher ‖ student); reverse: KL(student ‖ teacher)."""

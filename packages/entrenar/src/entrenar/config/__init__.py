@@ -17,7 +17,6 @@ from entrenar.config.overrides import apply_overrides, parse_override
 from entrenar.config.resolve import CONFIG_FILENAME, config_to_dict, write_resolved_config
 from entrenar.config.schema import (
     DATA_FORMATS,
-    DISTILL_LOSSES,
     DTYPES,
     GGUF_TYPES,
     LORA_INITS,
@@ -44,7 +43,6 @@ from entrenar.errors import ConfigError
 __all__ = [
     "CONFIG_FILENAME",
     "DATA_FORMATS",
-    "DISTILL_LOSSES",
     "DTYPES",
     "GGUF_TYPES",
     "LORA_INITS",

@@ -23,11 +23,15 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, replace
 from typing import Any
 
+from aprender.constants import DIVERGENCES
 from entrenar.constants import (
     ALL_LINEAR,
+    AUTO_LAYERS,
     DATA_FORMATS,
     DTYPES,
     GGUF_TYPES,
+    HIDDEN_LOSSES,
+    HIDDEN_SCHEDULES,
     LORA_INITS,
     PUBLISH_FORMATS,
     QUANT_TYPES,
@@ -36,7 +40,6 @@ from entrenar.constants import (
 
 __all__ = [
     "DATA_FORMATS",
-    "DISTILL_LOSSES",
     "DTYPES",
     "GGUF_TYPES",
     "LORA_INITS",
@@ -66,11 +69,7 @@ SCHEDULER_NAMES = ("constant", "linear", "cosine", "step", "inverse_sqrt")
 DECAYING_SCHEDULERS = ("linear", "cosine")
 QUANT_BITS = (4, 8)
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts more
-DISTILL_LOSSES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd")
 SKEW_LOSSES = ("skew_forward_kl", "skew_reverse_kl")
-HIDDEN_LOSSES = ("mse", "cosine")
-HIDDEN_SCHEDULES = ("constant", "progressive")
-AUTO_LAYERS = "auto"
 
 
 @dataclass(frozen=True)
@@ -332,7 +331,7 @@ class DistillSection:
     revision: str | None = _key(None, kind="str", nullable=True)
     teachers: tuple[DistillTeacher, ...] | None = _key(None, kind="sections", section=DistillTeacher, nullable=True)
     teacher_quantize: str | None = _key(None, kind="str", choices=QUANT_TYPES, nullable=True)
-    loss: str = _key("forward_kl", kind="str", choices=DISTILL_LOSSES)
+    loss: str = _key("forward_kl", kind="str", choices=DIVERGENCES)
     beta: float | None = _key(None, kind="float", low=0.0, high=1.0, nullable=True)
     skew: float | None = _key(None, kind="float", low=0.0, high=1.0, low_open=True, high_open=True, nullable=True)
     temperature: float = _key(1.0, kind="float", low=0.0, low_open=True)

@@ -26,9 +26,7 @@ from torch import Tensor, nn
 
 from entrenar.errors import ConfigError
 
-__all__ = ["HIDDEN_LOSSES", "active_pairs", "auto_pairs", "check_pairs", "hidden_distance", "make_projection"]
-
-HIDDEN_LOSSES = ("mse", "cosine")
+__all__ = ["active_pairs", "auto_pairs", "check_pairs", "hidden_distance", "make_projection"]
 
 
 def auto_pairs(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:

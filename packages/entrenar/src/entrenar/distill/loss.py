@@ -1,0 +1,171 @@
+"""`DistillLoss`: the trainer's loss step with a teacher, in parts ``ce``, ``kd`` and ``hidden``.
+
+``total = (1 - alpha) * ce + alpha * kd + hidden.weight * hidden``, each part summed over the labelled
+positions (gradient accumulation divides by the step's tokens):
+
+- ``ce``: the student's cross-entropy on the data (`entrenar.models.head_loss`);
+- ``kd``: the divergence between the teacher(s)' and the student's next-token distributions at the
+  labelled positions (`aprender.loss.chunked_distillation_loss`: float32, in chunks of positions, never
+  holding the full (tokens, vocab) logits of either model), computed inside the student's forward on its
+  LM head's operands; the teachers run first, under ``torch.no_grad()``; several form a mixture;
+- ``hidden`` (``distill.hidden``): `entrenar.distill.hidden`'s distance between paired layers.
+
+Temperature: both distributions are softened by T and the divergence is multiplied by T² (Hinton et al.
+2015, https://arxiv.org/abs/1503.02531), for every divergence, so the gradient's size does not depend on T.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, cast
+
+import torch
+from torch import Tensor, nn
+
+from aprender.loss import TeacherHead, chunked_distillation_loss
+from entrenar.autograd import LossParts
+from entrenar.config import DistillSection
+from entrenar.distill.hidden import active_pairs, hidden_distance
+from entrenar.distill.teacher import Teacher
+from entrenar.models import IGNORE_INDEX, LossOutput
+from entrenar.train.loss import CausalLMLoss
+
+__all__ = ["DistillLoss", "HiddenTransfer"]
+
+
+class HiddenTransfer(nn.Module):
+    """The layer pairs of ``distill.hidden``, their learned projections and how many pairs train now.
+
+    Args:
+        pairs: (student layer, teacher layer) pairs, bottom first.
+        projections: One module per pair mapping the student's width to the teacher's.
+        loss: ``mse`` or ``cosine``.
+        weight: The part's weight in the total.
+        schedule: ``constant`` or ``progressive``.
+        total_steps: The run's optimizer steps (stage lengths of the progressive schedule).
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[int, int]],
+        projections: Sequence[nn.Module],
+        *,
+        loss: str,
+        weight: float,
+        schedule: str,
+        total_steps: int,
+    ) -> None:
+        super().__init__()
+        self.pairs = list(pairs)
+        self.projections = nn.ModuleList(projections)
+        self.loss, self.weight, self.schedule, self.total_steps = loss, weight, schedule, total_steps
+        self.active = active_pairs(self.pairs, schedule, 0, total_steps)
+
+    def at_step(self, step: int) -> None:
+        """Set the pairs that train at optimizer step `step` (0-based)."""
+        self.active = active_pairs(self.pairs, self.schedule, step, self.total_steps)
+
+    def distance(self, student: Mapping[int, Tensor], teacher: Mapping[int, Tensor]) -> Tensor:
+        """The mean over the active pairs of the summed per-position distance."""
+        terms = [
+            hidden_distance(projection(student[s]), teacher[t], self.loss)
+            for (s, t), projection in zip(self.pairs[: self.active], self.projections, strict=False)
+        ]
+        return torch.stack(terms).sum() / len(terms)
+
+
+@dataclass(frozen=True, eq=False)
+class DistillLoss(CausalLMLoss):
+    """`CausalLMLoss` plus a teacher's distribution (and hidden states) as targets.
+
+    Attributes:
+        teachers: The frozen teachers (mixture weights sum to 1).
+        section: ``distill:`` (loss, temperature, alpha, beta, skew).
+        hidden: Layer-wise transfer, or None.
+    """
+
+    name: ClassVar[str] = "distill"
+    teachers: tuple[Teacher, ...] = ()
+    section: DistillSection | None = None
+    hidden: HiddenTransfer | None = field(default=None)
+
+    def loss_step(self, batch: Mapping[str, Tensor]) -> LossParts:
+        """The summed total and its parts ``ce``, ``kd`` and (with ``distill.hidden``) ``hidden``."""
+        section = self.section
+        assert section is not None and self.teachers
+        keep = batch["labels"] != IGNORE_INDEX
+        teacher_layers = {t for _, t in self.hidden.pairs[: self.hidden.active]} if self.hidden else set()
+        heads, states = self._teacher_pass(batch, keep, teacher_layers)
+        output = self.forward_with_teacher(batch, heads)
+        assert output.kd is not None
+        alpha = section.alpha
+        total = (1 - alpha) * output.loss + alpha * output.kd
+        parts = {"ce": output.loss, "kd": output.kd}
+        if self.hidden is not None and output.hidden_states is not None:
+            hidden = self.hidden.distance(output.hidden_states, states)
+            total = total + self.hidden.weight * hidden
+            parts["hidden"] = hidden
+        return LossParts(total=total, parts=parts)
+
+    def forward_with_teacher(self, batch: Mapping[str, Tensor], heads: list[TeacherHead]) -> LossOutput:
+        """The student's forward with labels and the divergence to `heads` computed inside it."""
+        section = self.section
+        assert section is not None
+
+        def kd(x: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
+            return chunked_distillation_loss(
+                x,
+                weight,
+                [head._replace(weight=head.weight.to(x.dtype), hidden=head.hidden.to(x.dtype)) for head in heads],
+                labels,
+                divergence=section.loss,  # type: ignore[arg-type]
+                temperature=section.temperature,
+                beta=section.beta if section.beta is not None else 0.5,
+                skew=section.skew if section.skew is not None else 0.1,
+                chunk_size=self.chunk_size,
+            )
+
+        student_layers = tuple(s for s, _ in self.hidden.pairs[: self.hidden.active]) if self.hidden else ()
+        output: Any = self.model(
+            batch["input_ids"],
+            batch.get("attention_mask"),
+            batch.get("position_ids"),
+            batch.get("seq_ids"),
+            labels=batch["labels"],
+            reduction="sum",
+            loss_chunk_size=self.chunk_size,
+            kd=kd,
+            hidden_layers=student_layers,
+        )
+        assert isinstance(output, LossOutput)
+        return output
+
+    @torch.no_grad()
+    def _teacher_pass(
+        self, batch: Mapping[str, Tensor], keep: Tensor, layers: set[int]
+    ) -> tuple[list[TeacherHead], dict[int, Tensor]]:
+        """Each teacher's final hidden states at the labelled positions, and the first's requested layers."""
+        heads, states = [], {}
+        for index, teacher in enumerate(self.teachers):
+            collect = cast(dict[int, Tensor], dict.fromkeys(layers)) if index == 0 and layers else None
+            inputs = (batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"), batch.get("seq_ids"))
+            hidden = teacher.model.forward_hidden(*inputs, collect=collect)
+            heads.append(TeacherHead(hidden[keep], teacher.head_weight(), teacher.weight))
+            if collect is not None:
+                states = {layer: value[keep] for layer, value in collect.items()}
+        return heads, states
+
+    def kl_to_teacher(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The summed forward KL from the teachers to the student at T = 1 over the labelled positions (eval)."""
+        keep = batch["labels"] != IGNORE_INDEX
+        heads, _ = self._teacher_pass(batch, keep, set())
+        plain = DistillLoss(self.model, self.chunk_size, teachers=self.teachers, section=_plain_kl(self.section))
+        output = plain.forward_with_teacher(batch, heads)
+        assert output.kd is not None
+        return output.kd
+
+
+def _plain_kl(section: DistillSection | None) -> DistillSection:
+    assert section is not None
+    return replace(section, loss="forward_kl", temperature=1.0, beta=None, skew=None)

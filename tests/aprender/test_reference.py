@@ -13,11 +13,12 @@ import aprender.format.convert as convert_module
 from aprender.errors import FormatError, InvalidArgumentError, ModelReferenceError
 from aprender.format.convert import convert_gguf_to_hf
 from aprender.format.gguf_export import export_gguf
-from aprender.hub import upload_folder
+from aprender.hub import cached_file, download, upload_folder
 from aprender.reference import (
     ModelReference,
     classify_model_reference,
     gguf_cache_folder,
+    is_on_this_machine,
     looks_like_repo_id,
     resolve_model_folder,
 )
@@ -221,3 +222,46 @@ def test_hub_ids_download_what_is_asked(
     upload_folder("alice/tiny", source, token=local_hub.tokens["alice"])
     folder = resolve_model_folder("alice/tiny", **options)
     assert sorted(p.name for p in folder.iterdir()) == expected
+
+
+# ------------------------------------------------------------------------------------- on this machine
+
+
+def test_a_folder_is_on_this_machine_and_a_gguf_once_converted(project: Path, tiny_gguf: Path) -> None:
+    assert is_on_this_machine(classify_model_reference("model"))
+    gguf = classify_model_reference(str(tiny_gguf))
+    assert not is_on_this_machine(gguf)
+    resolve_model_folder(gguf)
+    assert is_on_this_machine(gguf)
+
+
+def test_a_hub_model_is_on_this_machine_once_its_config_and_every_shard_are_cached(
+    local_hub: Any, tmp_path: Path
+) -> None:
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    source = tmp_path / "sharded"
+    source.mkdir()
+    (source / "config.json").write_text('{"model_type": "llama"}')
+    (source / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": shards[0], "b": shards[1]}}))
+    for shard in shards:
+        (source / shard).write_bytes(b"weights")
+    upload_folder("alice/sharded", source, token=local_hub.tokens["alice"])
+    ref = classify_model_reference("alice/sharded")
+    assert not is_on_this_machine(ref) and cached_file("alice/sharded", "config.json") is None
+    resolve_model_folder(ref, weights=False, tokenizer=False)  # what `entrenar init` fetches: config only
+    assert cached_file("alice/sharded", "config.json") is not None and not is_on_this_machine(ref)
+    download("alice/sharded", allow_patterns=["*.json", shards[0]])
+    assert not is_on_this_machine(ref)  # the index names a shard the cache lacks
+    folder = resolve_model_folder(ref)
+    assert is_on_this_machine(ref) and cached_file("alice/sharded", shards[1]) == folder / shards[1]
+    assert not is_on_this_machine(ref, "0" * 40)  # another revision: no request is made to find it
+
+
+def test_a_single_file_hub_model_is_on_this_machine_once_downloaded(
+    local_hub: Any, tiny_checkpoints: dict[str, Path]
+) -> None:
+    upload_folder("alice/single", tiny_checkpoints["llama"], token=local_hub.tokens["alice"])
+    ref = classify_model_reference("alice/single")
+    assert not is_on_this_machine(ref)
+    resolve_model_folder(ref)
+    assert is_on_this_machine(ref)

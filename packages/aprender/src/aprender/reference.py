@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -43,9 +44,12 @@ from typing import Literal
 from aprender import __version__
 from aprender.constants import (
     CONFIG_FILES,
+    CONFIG_NAME,
     FILE_SUFFIXES,
     GGUF_SUFFIX,
     MODEL_FILE_PATTERNS,
+    SAFETENSORS_INDEX_FILE,
+    SAFETENSORS_SINGLE_FILE,
     TOKENIZER_FILE_PATTERNS,
 )
 from aprender.errors import InvalidArgumentError, InvalidRepoIdError, ModelReferenceError
@@ -54,6 +58,7 @@ __all__ = [
     "ModelReference",
     "classify_model_reference",
     "gguf_cache_folder",
+    "is_on_this_machine",
     "looks_like_repo_id",
     "resolve_model_folder",
 ]
@@ -191,6 +196,41 @@ def resolve_model_folder(
             f"revision {revision!r} applies to Hub repo ids, but {ref.location} is a local path; drop the revision"
         )
     return _converted_gguf(Path(ref.location)) if ref.kind == "gguf" else Path(ref.location)
+
+
+def is_on_this_machine(reference: ModelReference, revision: str | None = None) -> bool:
+    """Whether `resolve_model_folder` (weights included) finds the model here, without downloading or converting.
+
+    A folder always is; a GGUF file once converted (`gguf_cache_folder` exists); a Hub id when the HF cache
+    holds ``config.json`` and the safetensors weights (every shard an index lists) for `revision`. No request
+    is made, so a branch is judged by the commit the cache last saw for it.
+
+    Args:
+        reference: a classified reference (`classify_model_reference`).
+        revision: the Hub revision (default ``main``); ignored for a local reference.
+
+    Returns:
+        True when nothing needs fetching or converting.
+    """
+    if reference.kind == "folder":
+        return True
+    if reference.kind == "gguf":
+        return gguf_cache_folder(reference.location).is_dir()
+    from aprender.hub import cached_file
+
+    def cached(name: str) -> Path | None:
+        return cached_file(reference.location, name, revision)
+
+    if cached(CONFIG_NAME) is None:
+        return False
+    index = cached(SAFETENSORS_INDEX_FILE)
+    if index is None:
+        return cached(SAFETENSORS_SINGLE_FILE) is not None
+    try:
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return False  # a broken index: let the download replace it
+    return all(cached(str(shard)) is not None for shard in shards)
 
 
 def gguf_cache_folder(gguf_path: str | os.PathLike[str]) -> Path:

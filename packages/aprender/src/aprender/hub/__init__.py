@@ -1,6 +1,7 @@
 """The Hugging Face Hub: a client built on ``huggingface_hub`` and a local Hub-compatible server.
 
 Client: `download` (snapshot into the standard HF cache), `fetch_config` (only ``config.json``),
+`cached_file` (a file the cache already holds, without a request),
 `upload_folder` (one commit, LFS for large files, retries), and the checks before an upload, retried
 the same way: `whoami` / `account_info` (who the token belongs to) and `repo_is_private`; repo ids validated by
 `validate_repo_id`; tokens found by `resolve_token` (explicit, ``HF_TOKEN``,
@@ -15,7 +16,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from aprender.hub.client import account_info, download, fetch_config, repo_is_private, upload_folder, whoami
+from aprender.hub.client import (
+    account_info,
+    cached_file,
+    download,
+    fetch_config,
+    repo_is_private,
+    upload_folder,
+    whoami,
+)
 from aprender.hub.repo_id import RepoId, validate_repo_id
 from aprender.hub.settings import HubSettings
 from aprender.hub.token import HubToken, describe_token_source, resolve_token
@@ -34,6 +43,7 @@ __all__ = [
     "HubToken",
     "RepoId",
     "account_info",
+    "cached_file",
     "describe_token_source",
     "download",
     "fetch_config",

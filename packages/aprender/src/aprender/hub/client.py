@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -60,7 +60,15 @@ from aprender.hub.repo_id import validate_repo_id
 from aprender.hub.settings import HubSettings, library_flags
 from aprender.hub.token import HubToken, describe_token_source, resolve_token
 
-__all__ = ["account_info", "download", "fetch_config", "repo_is_private", "upload_folder", "whoami"]
+__all__ = [
+    "account_info",
+    "cached_file",
+    "download",
+    "fetch_config",
+    "repo_is_private",
+    "upload_folder",
+    "whoami",
+]
 
 _T = TypeVar("_T")
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -358,6 +366,25 @@ def download(
 
     path = _run(ctx, call)
     return Path(path)
+
+
+def cached_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
+    """A file of a repo revision in the HF cache, found without any request.
+
+    Args:
+        repo_id: ``namespace/name``.
+        filename: the path inside the repo.
+        revision: branch, tag or commit sha; default ``main`` (a branch resolves through the cache's refs).
+
+    Returns:
+        The cached file, or None when this machine does not hold it for that revision.
+
+    Raises:
+        InvalidRepoIdError: malformed ``repo_id``.
+    """
+    repo = validate_repo_id(repo_id)
+    found = try_to_load_from_cache(repo, filename, cache_dir=HubSettings.from_env().cache_dir, revision=revision)
+    return Path(found) if isinstance(found, str) else None
 
 
 def fetch_config(

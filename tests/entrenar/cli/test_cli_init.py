@@ -12,8 +12,9 @@ import pytest
 from aprender.hub import upload_folder
 from entrenar.cli import main
 from entrenar.cli.init import METHODS as METHOD_CHOICES
-from entrenar.cli.init import _count
+from entrenar.cli.init import OPTIMIZER_TITLES, _count
 from entrenar.config import load_config
+from entrenar.config.schema import OPTIMIZER_NAMES
 from entrenar.init import METHODS
 
 
@@ -64,19 +65,52 @@ def test_init_writes_config_and_prints_summary(
     project: Path, tiny_checkpoints: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     base = tiny_checkpoints["qwen3"]
-    assert _run(["init", "--base", str(base), "--method", "lora", "--data", "data/train.jsonl"]) == 0
+    assert _run(["init", "--base", str(base), "--method", "qlora", "--data", "data/train.jsonl"]) == 0
     out = capsys.readouterr().out.splitlines()
     cfg = load_config(project / "config.yaml")
-    assert cfg.method == "lora" and cfg.lora is not None and cfg.lora.rank == 16
-    # qwen3 fixture: V=1024, H=64, I=128, 2 layers, 4 heads / 2 KV of dim 32, q/k norms, tied:
-    # 65,536 + 2 * (8,192 + 2 * 4,096 + 8,192 + 24,576 + 128 + 64) + 64 = 65,536 + 98,688 + 64 = 164,288.
-    assert out[0] == f"Base model  {base} (local)"
-    assert out[1] == "  qwen3: hidden 64, layers 2, heads 4 (kv 2, dim 32), MLP 128, vocab 1024, context 512"
-    assert out[2] == "  parameters 164,288 (164.3K), tied embeddings"
-    assert out[3] == "Method      lora: LoRA rank 16, alpha 32"
-    assert out[4] == "Data        ./data/train.jsonl: 20 samples, format messages, 1 file(s)"
-    assert out[6] == f"  seq_len {cfg.data.seq_len}; 0 sample(s) longer will be cut"
-    assert out[-2:] == ["Wrote       config.yaml", "Next:       entrenar train config.yaml"]
+    assert cfg.method == "qlora" and cfg.lora is not None and (cfg.lora.rank, cfg.lora.alpha) == (64, 16.0)
+    # 20 samples of 37..76 tokens (p95 74 -> seq_len 128) pack into 10 rows: 2 batches of 8 an epoch, 6 steps
+    # in 3 epochs; the warmup is capped at a tenth of them.
+    assert cfg.scheduler.warmup_steps == 0
+    # The spec's summary, line for line (qwen3 fixture: hidden 64, 2 layers):
+    assert [line for line in out if not line.startswith("    ")] == [
+        "Created config.yaml with:",
+        f"  Model: {base} (64 hidden, 2 layers)",
+        "  Method: QLoRA (rank=64, alpha=16, 4-bit base)",
+        "  Data: ./data/train.jsonl (20 samples detected)",
+        "  Optimizer: AdamW (lr=2e-4, warmup=0 steps)",
+        "  Training: 3 epochs, 6 optimizer steps",
+        "  Output: ./output/",
+        "Next: entrenar train config.yaml",
+    ]
+    # The details under Model and Data. qwen3 fixture: V=1024, H=64, I=128, 2 layers, 4 heads / 2 KV of dim 32,
+    # q/k norms, tied: 65,536 + 2 * (8,192 + 2 * 4,096 + 8,192 + 24,576 + 128 + 64) + 64 = 164,288.
+    assert out[2] == "    qwen3 (local): 4 heads (kv 2, dim 32), MLP 128, vocab 1024, context 512"
+    assert out[3] == "    parameters 164,288 (164.3K), tied embeddings"
+    assert out[6].startswith("    format messages, 1 file(s); tokens per sample: min ")
+    seq_len = f"    seq_len {cfg.data.seq_len} (p95 rounded up to a multiple of 64); 0 sample(s) longer will be cut"
+    assert out[7] == seq_len
+
+
+def test_the_summary_names_lora_full_and_the_warmup(
+    project: Path, tiny_checkpoints: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _chat_file(project / "data" / "train.jsonl", n=400)  # up to 817 tokens a sample: cut to 512, packed
+    assert _run(["init", "--base", str(tiny_checkpoints["llama"]), "--method", "lora", "--data", "data"]) == 0
+    out = capsys.readouterr().out
+    assert "\n  Method: LoRA (rank=64, alpha=16)\n" in out
+    assert "\n  Training: 3 epochs, 108 optimizer steps\n" in out  # 36 batches of 8 rows an epoch
+    assert "\n  Optimizer: AdamW (lr=2e-4, warmup=10 steps)\n" in out  # a tenth of 108, below 100
+    assert load_config(project / "config.yaml").scheduler.warmup_steps == 10
+    args = ["init", "--base", str(tiny_checkpoints["llama"]), "--method", "full", "--data", "data", "-o", "full.yaml"]
+    assert _run(args) == 0
+    out = capsys.readouterr().out
+    assert "\n  Method: Full fine-tune (every parameter trains)\n" in out
+    assert "\n  Optimizer: AdamW (lr=2e-5, warmup=10 steps)\n" in out
+
+
+def test_optimizer_titles_cover_the_schemas_optimizers() -> None:
+    assert set(OPTIMIZER_TITLES) == set(OPTIMIZER_NAMES)
 
 
 def test_output_option_force_and_quoting(
@@ -85,7 +119,9 @@ def test_output_option_force_and_quoting(
     target = project / "my runs" / "full.yaml"
     args = ["init", "--base", str(tiny_checkpoints["mistral"]), "--method", "full", "--data", "data", "-o", str(target)]
     assert _run(args) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == f"Next:       entrenar train '{target}'"
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"Created {target} with:"
+    assert out[-2:] == ["  Output: ./my runs/output/", f"Next: entrenar train '{target}'"]
     assert load_config(target).method == "full"
     target.write_text("mine\n")
     assert _run(args) == 2
@@ -150,7 +186,9 @@ def test_init_with_a_hub_id_fetches_no_weights(
     caplog.set_level(logging.INFO, logger="aprender.hub.server")
     caplog.clear()
     assert _run(["init", "--base", "alice/tiny-qwen2", "--method", "qlora", "--data", "data/train.jsonl"]) == 0
-    assert capsys.readouterr().out.startswith("Base model  alice/tiny-qwen2 (hub)\n")
+    assert capsys.readouterr().out.startswith(
+        "Created config.yaml with:\n  Model: alice/tiny-qwen2 (64 hidden, 2 layers)\n    qwen2 (hub): "
+    )
     cfg = load_config(project / "config.yaml")
     assert (cfg.model.path, cfg.model.source, cfg.method) == ("alice/tiny-qwen2", "hub", "qlora")
     requested = " ".join(r.getMessage() for r in caplog.records if r.name == "aprender.hub.server")

@@ -9,7 +9,7 @@ import pytest
 
 from entrenar.config.schema import OptimizerSection
 from entrenar.errors import DataError, InitError, ModelConfigError
-from entrenar.init import FULL_FINETUNE_LR, build_plan, config_path_value
+from entrenar.init import FULL_FINETUNE_LR, build_plan, config_path_value, warmup_steps_for
 
 
 @pytest.mark.parametrize(
@@ -40,9 +40,17 @@ def test_plan_of_a_lora_run(
     # llama with V=6, H=16, I=32, 1 layer, 2 heads, 1 KV head (d=8), untied:
     # 6*16 + (16*16 + 2*16*8 + 16*16 + 3*16*32 + 2*16) + 16 + 6*16 = 96 + 2336 + 16 + 96 = 2544.
     assert plan.base.num_parameters == 2544
-    assert (plan.lora_rank, plan.lora_alpha, plan.lr) == (16, 32.0, OptimizerSection.lr)
+    assert (plan.lora_rank, plan.lora_alpha, plan.lr) == (64, 16.0, OptimizerSection.lr)
     # Lengths 2..21, p95 = 20 -> 64; packed into rows of 64 (sum 230 -> 4 rows), one batch of 8, 3 epochs.
     assert (plan.data.seq_len, plan.steps) == (64, 3)
+    assert plan.warmup_steps == 0  # a tenth of 3 steps
+
+
+@pytest.mark.parametrize(
+    ("steps", "warmup"), [(0, 0), (9, 0), (10, 1), (24, 2), (999, 99), (1000, 100), (1234, 100), (10**6, 100)]
+)
+def test_warmup_is_100_steps_capped_at_a_tenth_of_the_run(steps: int, warmup: int) -> None:
+    assert warmup_steps_for(steps) == warmup
 
 
 def test_plan_of_a_full_run_has_no_lora_and_a_lower_lr(

@@ -62,12 +62,16 @@ def test_written_config_loads_and_would_train(
         assert cfg.lora is None
     else:
         assert cfg.lora is not None
-        assert (cfg.lora.rank, cfg.lora.alpha) == (plan.lora_rank, plan.lora_alpha) == (16, 32.0)
+        assert (cfg.lora.rank, cfg.lora.alpha) == (plan.lora_rank, plan.lora_alpha) == (64, 16.0)
+    assert cfg.scheduler.warmup_steps == plan.warmup_steps == plan.steps // 10
     assert (cfg.quantize is not None) == (method == "qlora")
     # What `entrenar validate` checks: model config and tokenizer, every record encoded, LoRA targets, schedule.
     report = validate_run(cfg)
     assert len(report.train_data.samples) == 30
     assert report.plan.total_steps == plan.steps  # init's estimate is the trainer's plan
+    # The header's example override keeps the warmup (a tenth of the 3 epochs' steps) inside the run.
+    assert "# Override:  entrenar train config.yaml training.epochs=1   (any key.path=value)\n" in path.read_text()
+    assert validate_run(load_config(path, ["training.epochs=1"])).plan.total_steps > plan.warmup_steps
     if method == "full":
         assert report.parameters.trainable == report.parameters.total == plan.base.num_parameters
 
@@ -112,8 +116,12 @@ def test_init_notes_explain_the_chosen_values(project: Path, tiny_checkpoints: d
     n = f"{plan.base.num_parameters:,}"
     p95 = sorted(plan.data.lengths)[28]  # nearest rank ceil(0.95 * 30) = 29
     assert f"init: qwen2, {n} parameters\n  path: " in text
-    assert f"init: for a base of {n} parameters (< 1B: 16, < 10B: 64, larger: 128)" in text
-    assert "init: 2 * rank: the scale alpha / rank stays the same\n  alpha: 32.0 " in text
+    assert f"init: for a base of {n} parameters (< 1B: 64, larger: 128)" in text
+    assert "init: 16 at every rank, QLoRA's setting (scale alpha / rank = 0.25)\n  alpha: 16.0 " in text
+    assert (
+        f"init: 100 steps, capped at a tenth of the run's {plan.steps} planned optimizer steps\n"
+        f"  warmup_steps: {plan.steps // 10} "
+    ) in text
     assert (
         f"init: the 95th percentile of your samples' lengths ({p95} tokens, longest {max(plan.data.lengths)}) "
         f"rounded up to a multiple of 64, at most the model's context (512); {plan.data.truncated} of 30 samples "

@@ -12,6 +12,12 @@ file's folder, never the current directory.
 The learning rate is the schema default (2e-4, the QLoRA paper's value for LoRA/QLoRA,
 https://arxiv.org/abs/2305.14314) except for a full fine-tune, which gets `FULL_FINETUNE_LR` (2e-5):
 updating every weight at LoRA's rate quickly destroys what the base model knows.
+
+Warmup: `WARMUP_STEPS` (100) optimizer steps, capped at a tenth of the planned steps (`warmup_steps_for`).
+Adam's first updates rest on second-moment estimates from a handful of gradients, and warming up the
+rate keeps those noisy steps small (Liu et al. 2019, https://arxiv.org/abs/1908.03265); the cap keeps a
+short run from spending most of its steps below the peak rate, and keeps the warmup shorter than the run
+(a cosine schedule requires it).
 """
 
 from __future__ import annotations
@@ -26,11 +32,20 @@ from entrenar.data import resolve_data_files
 from entrenar.errors import InitError
 from entrenar.init.inspect import BaseModel, inspect_base, load_base_tokenizer
 from entrenar.init.propose import DataSummary, analyse_data, estimate_steps
-from entrenar.init.rank import lora_alpha_for, lora_rank_for
+from entrenar.init.rank import LORA_ALPHA, lora_rank_for
 
-__all__ = ["FULL_FINETUNE_LR", "METHODS", "InitPlan", "build_plan", "config_path_value"]
+__all__ = [
+    "FULL_FINETUNE_LR",
+    "METHODS",
+    "WARMUP_STEPS",
+    "InitPlan",
+    "build_plan",
+    "config_path_value",
+    "warmup_steps_for",
+]
 
 FULL_FINETUNE_LR = 2e-5
+WARMUP_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,7 @@ class InitPlan:
         lora_rank: proposed rank (None for ``full``).
         lora_alpha: proposed alpha (None for ``full``).
         lr: ``optimizer.lr``.
+        warmup_steps: ``scheduler.warmup_steps`` (`warmup_steps_for`).
         steps: optimizer steps the run will take with the written values (`estimate_steps`).
     """
 
@@ -59,6 +75,7 @@ class InitPlan:
     lora_rank: int | None
     lora_alpha: float | None
     lr: float
+    warmup_steps: int
     steps: int
 
 
@@ -76,6 +93,18 @@ def config_path_value(path: str, config_dir: str) -> str:
         return path
     relative = os.path.relpath(path, config_dir)
     return "." if relative == "." else f"./{Path(relative).as_posix()}"
+
+
+def warmup_steps_for(steps: int) -> int:
+    """The proposed ``scheduler.warmup_steps`` for a run of `steps` optimizer steps (module docstring).
+
+    Args:
+        steps: the planned optimizer steps, >= 0.
+
+    Returns:
+        ``min(WARMUP_STEPS, steps // 10)``: 100 from 1,000 steps on, fewer (0 below 10) for shorter runs.
+    """
+    return min(WARMUP_STEPS, steps // 10)
 
 
 def _check_method(method: str) -> None:
@@ -127,7 +156,8 @@ def build_plan(base: str, method: str, data: str, output: str | os.PathLike[str]
         model_path=model_path,
         train_path=config_path_value(data_path, config_dir),
         lora_rank=rank,
-        lora_alpha=lora_alpha_for(rank) if rank is not None else None,
+        lora_alpha=LORA_ALPHA if rank is not None else None,
         lr=FULL_FINETUNE_LR if method == "full" else OptimizerSection.lr,
+        warmup_steps=warmup_steps_for(steps),
         steps=steps,
     )

@@ -26,9 +26,9 @@ from aprender.atomic import atomic_write_text
 from entrenar.config import config_from_mapping, parse_yaml
 from entrenar.config.docs import key_docs, schema_sections
 from entrenar.errors import InitError
-from entrenar.init.plan import InitPlan
+from entrenar.init.plan import WARMUP_STEPS, InitPlan
 from entrenar.init.propose import SEQ_LEN_MULTIPLE, SEQ_LEN_PERCENTILE, nearest_rank_percentile
-from entrenar.init.rank import ALPHA_PER_RANK, LARGE_MODEL_RANK, RANK_BY_SIZE
+from entrenar.init.rank import LARGE_MODEL_RANK, RANK_BY_SIZE
 
 __all__ = [
     "PUBLISH_REPO_PLACEHOLDER",
@@ -88,6 +88,10 @@ def _rank_note(plan: InitPlan) -> str:
     )
 
 
+def _warmup_note(plan: InitPlan) -> str:
+    return f"{WARMUP_STEPS} steps, capped at a tenth of the run's {plan.steps} planned optimizer steps"
+
+
 def _sections(plan: InitPlan) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
     """Section name -> (values init chose, why) for every section written uncommented."""
     model_note = f"{plan.base.config.model_type}, {plan.base.num_parameters:,} parameters"
@@ -105,12 +109,16 @@ def _sections(plan: InitPlan) -> dict[str, tuple[dict[str, Any], dict[str, str]]
             {"lr": plan.lr},
             {"lr": "full fine-tune: 10x below LoRA's 2e-4"} if plan.method == "full" else {},
         ),
-        "scheduler": ({}, {}),
+        "scheduler": ({"warmup_steps": plan.warmup_steps}, {"warmup_steps": _warmup_note(plan)}),
     }
-    if plan.lora_rank is not None:
+    if plan.lora_rank is not None and plan.lora_alpha is not None:
+        scale = plan.lora_alpha / plan.lora_rank
         out["lora"] = (
             {"rank": plan.lora_rank, "alpha": plan.lora_alpha},
-            {"rank": _rank_note(plan), "alpha": f"{ALPHA_PER_RANK} * rank: the scale alpha / rank stays the same"},
+            {
+                "rank": _rank_note(plan),
+                "alpha": f"{plan.lora_alpha:g} at every rank, QLoRA's setting (scale alpha / rank = {scale:g})",
+            },
         )
     if plan.method == "qlora":
         out["quantize"] = ({}, {})
@@ -141,7 +149,7 @@ def render_config(plan: InitPlan) -> str:
         "# entrenar training config (schema v1), written by `entrenar init`.",
         f"# Base model {plan.base.reference}; method {plan.method}; {plan.data.samples} {plan.data.format} samples.",
         f"# Train:     entrenar train {name}",
-        f"# Override:  entrenar train {name} training.max_steps=10   (any key.path=value)",
+        f"# Override:  entrenar train {name} training.epochs=1   (any key.path=value)",
         "# Relative paths are resolved against the folder of this file.",
     ]
     for section, (values, notes) in _sections(plan).items():

@@ -9,6 +9,7 @@ our own model's (merged, or with the adapter) within 1e-4.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import huggingface_hub
@@ -24,6 +25,15 @@ from fixtures.hub import LocalHub
 
 BASE = "alice/tiny-llama"
 IDS = torch.tensor([[5, 17, 42, 99, 7, 300, 12, 64]])
+
+
+def _story(out: str) -> list[str]:
+    """The lines of a command's output with sizes, losses and the commit id as placeholders, step lines left out."""
+    text = re.sub(r"\(\d+(\.\d)? [kMG]?B\)", "(SIZE)", out)
+    text = re.sub(r"loss=\d+\.\d{3}", "loss=L", text)
+    text = re.sub(r"/commit/[0-9a-f]{40}$", "/commit/SHA", text, flags=re.M)
+    text = re.sub(r"^Trained (\d+) steps in \d+\.\ds$", r"Trained \1 steps in Ts", text, flags=re.M)
+    return [line for line in text.splitlines() if not line.startswith("step ")]
 
 
 def _download(hub: LocalHub, repo: str, cache: Path) -> Path:
@@ -62,13 +72,52 @@ def test_init_train_publish_then_transformers_and_peft_load_it(
         capsys, "init", "--base", BASE, "--method", "lora", "--data", str(project / "data"), "-o", str(config)
     )
     assert code == 0, err
-    assert "Next:" in out and config.is_file()
+    assert out.startswith(f"Created {config} with:\n  Model: {BASE} (64 hidden, 2 layers)\n") and config.is_file()
+    assert "\n  Method: LoRA (rank=64, alpha=16)\n  Data: ./data (12 samples detected)\n" in out
 
     monkeypatch.setenv("HF_TOKEN", local_hub.tokens["alice"])
     code, out, err = run_cli(
         capsys, "train", str(config), "training.max_steps=3", "optimizer.lr=0.01", "publish.repo=alice/tiny-ft"
     )
     assert code == 0, err
+    story = _story(out)
+    assert story[:4] == [
+        "will publish to alice/tiny-ft as alice (the HF_TOKEN environment variable)",
+        f"Downloading {BASE} from {local_hub.url}...",  # `init` fetched only config.json and the tokenizer
+        "Loading model weights (SafeTensors)...",
+        "Applying LoRA adapters (rank=64)...",
+    ]
+    assert story[4].startswith(f"lora fine-tune of {BASE} on cpu: ")
+    # 12 samples pack into 2 rows: one batch an epoch, so each of the 3 steps is an epoch of the planned 3. The lr
+    # of each is init's cosine schedule (no warmup: a tenth of 3 steps) over 3 steps: 1e-2 x 1, 0.775, 0.325.
+    written = (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "final_model.json",
+        "config.yaml",
+        "metrics.jsonl",
+    )
+    assert story[5:] == [
+        "Epoch 1/3: loss=L, lr=1.0e-2",
+        "Epoch 2/3: loss=L, lr=7.8e-3",
+        "Epoch 3/3: loss=L, lr=3.3e-3",
+        "Trained 3 steps in Ts",
+        *(f"Saved: {project / 'output' / name} (SIZE)" for name in written),
+        "Auto-publishing to alice/tiny-ft...",
+        "Merging LoRA adapters with base model...",
+        "Exporting as SafeTensors...",
+        "Creating repo: alice/tiny-ft",
+        "Uploading model.safetensors (SIZE)...",
+        "Uploading 6 small files (SIZE)...",
+        f"Commit: {local_hub.url}/alice/tiny-ft/commit/SHA",
+        f"Published: {local_hub.url}/alice/tiny-ft",
+    ]
+    code, out, err = run_cli(capsys, "train", str(config), "--dry-run")
+    assert code == 0, err
+    assert _story(out)[0] == f"Downloading {BASE}... [cached]"
     output = project / "output"
     assert (output / "adapter_model.safetensors").is_file() and (output / "final_model.json").is_file()
 
@@ -91,6 +140,14 @@ def test_init_train_publish_then_transformers_and_peft_load_it(
 
     code, out, err = run_cli(capsys, "publish", str(output), "--repo", "alice/tiny-adapter", "--no-merge-adapters")
     assert code == 0, err
+    assert _story(out) == [
+        "Exporting the LoRA adapter (PEFT, SafeTensors)...",
+        "Creating repo: alice/tiny-adapter",
+        "Uploading adapter_model.safetensors (SIZE)...",
+        "Uploading 5 small files (SIZE)...",
+        f"Commit: {local_hub.url}/alice/tiny-adapter/commit/SHA",
+        f"Published: {local_hub.url}/alice/tiny-adapter",
+    ]
     adapter = _download(local_hub, "alice/tiny-adapter", tmp_path / "fresh-2")
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
     base_dir = _download(local_hub, BASE, tmp_path / "fresh-3")

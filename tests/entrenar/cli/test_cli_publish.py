@@ -18,6 +18,7 @@ import pytest
 from aprender.hub import Fault
 from aprender.hub.repo_id import RepoId
 from entrenar import cli as cli_module
+from entrenar.display import human_size
 from fixtures.cli import run_cli
 
 
@@ -69,7 +70,10 @@ def test_dry_run_lists_files_and_sizes(lora_output: Any, local_hub: Any, capsys:
         "tokenizer_config.json",
     }
     assert listing["tokenizer.json"] == (lora_output.output / "tokenizer.json").stat().st_size
-    assert captured.out.startswith("Dry run: nothing uploaded. alice/cli-dry would receive (model):\n")
+    assert captured.out.startswith(
+        "Merging LoRA adapters with base model...\nExporting as SafeTensors...\n"
+        "Dry run: nothing uploaded. alice/cli-dry would receive (model):\n"
+    )
     assert f"  7 files, {sum(listing.values()):,} bytes (" in captured.out
     assert "Hub token: no token found" in captured.err and "(not used by a dry run)" in captured.err
 
@@ -80,6 +84,7 @@ def test_push_is_the_same_command(lora_output: Any, capsys: pytest.CaptureFixtur
     published = capsys.readouterr().out
     _run("push", *args)
     assert capsys.readouterr().out == published
+    assert published.startswith("Exporting the LoRA adapter (PEFT, SafeTensors)...\nDry run: nothing uploaded.")
     assert set(_listing(published)) == {
         "README.md",
         "adapter_config.json",
@@ -133,7 +138,7 @@ def test_default_model_dir_is_output(
     assert "adapter_model.safetensors" in _listing(capsys.readouterr().out)
 
 
-def test_upload_prints_the_url_last(
+def test_upload_tells_its_story_and_prints_the_url_last(
     lora_output: Any, local_hub: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # --endpoint wins
@@ -141,12 +146,31 @@ def test_upload_prints_the_url_last(
     _run("publish", str(lora_output.output), "--repo", "alice/cli", "--endpoint", local_hub.url, "--private")
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    assert lines[0] == "Uploaded model to alice/cli:"
-    assert lines[-2].startswith(f"Commit: {local_hub.url}/alice/cli/commit/")
-    assert lines[-1] == f"{local_hub.url}/alice/cli"
+    assert lines[:3] == [
+        "Merging LoRA adapters with base model...",
+        "Exporting as SafeTensors...",
+        "Creating repo: alice/cli",
+    ]
+    assert re.fullmatch(r"Uploading model\.safetensors \(\d+\.\d kB\)\.\.\.", lines[3])
+    # README.md, config.json, generation_config.json, loss_curve.svg, tokenizer.json, tokenizer_config.json
+    assert re.fullmatch(r"Uploading 6 small files \(\d+\.\d kB\)\.\.\.", lines[4])
+    assert lines[5].startswith(f"Commit: {local_hub.url}/alice/cli/commit/")
+    assert lines[6:] == [f"Published: {local_hub.url}/alice/cli"]
     assert "Hub token: token from the HF_TOKEN environment variable\n" in captured.err
     assert local_hub.server.store.is_private(RepoId.parse("alice/cli"))
     assert local_hub.tokens["alice"] not in captured.out + captured.err
+    # Again, as a GGUF file into the same repo: reused, not created.
+    args = ["--format", "gguf", "--gguf-type", "q8_0"]
+    _run("publish", str(lora_output.output), "--repo", "alice/cli", "--endpoint", local_hub.url, *args)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
+        "Merging LoRA adapters with base model...",
+        "Exporting as GGUF (Q8_0): cli-Q8_0.gguf...",
+        "Using existing repo: alice/cli",
+    ]
+    assert re.fullmatch(r"Uploading cli-Q8_0\.gguf \(\d+\.\d kB\)\.\.\.", lines[3])
+    assert re.fullmatch(r"Uploading 2 small files \(\d+\.\d kB\)\.\.\.", lines[4])  # README.md, loss_curve.svg
+    assert lines[-1] == f"Published: {local_hub.url}/alice/cli"
 
 
 def test_user_errors_are_one_line_with_exit_2(
@@ -215,8 +239,15 @@ def test_a_failing_upload_ends_in_one_line(lora_output: Any, local_hub: Any, tmp
     done = subprocess.run(
         [sys.executable, "-m", "entrenar.cli", *args], env=env, capture_output=True, text=True, timeout=300
     )
-    oid = hashlib.sha256((lora_output.output / "adapter_model.safetensors").read_bytes()).hexdigest()
-    assert done.returncode == 2 and done.stdout == ""
+    weights = lora_output.output / "adapter_model.safetensors"
+    oid = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert done.returncode == 2
+    assert done.stdout.splitlines()[:3] == [  # the story up to the upload, then the error
+        "Exporting the LoRA adapter (PEFT, SafeTensors)...",
+        "Creating repo: alice/failing",
+        f"Uploading adapter_model.safetensors ({human_size(weights.stat().st_size)})...",
+    ]
+    assert re.fullmatch(r"Uploading 3 small files \(\d+\.\d kB\)\.\.\.\n", done.stdout.split("\n", 3)[3])
     assert done.stderr.splitlines() == [
         "Hub token: token from the HF_TOKEN environment variable",
         f"error: upload to alice/failing@main on {local_hub.url}: the server kept failing (500 on PUT "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from entrenar.display import human_size
 from entrenar.errors import TrainingInterrupted
 from entrenar.train import latest_checkpoint
 from fixtures.cli import run_cli
@@ -28,7 +29,8 @@ def test_train_resume_and_start_over(
     code, stdout, _ = run_cli(capsys, "train", str(config), "training.log_every=2")
     assert code == 0
     assert re.search(r"^step 2/6 \| loss \d+\.\d{4} \| lr 1\.000e-02 \| \d+ tok/s \| ETA ", stdout, re.M)
-    assert "trained 6 steps in" in stdout and str(out) in stdout
+    assert re.search(r"^Trained 6 steps in \d+\.\ds$", stdout, re.M)
+    assert f"Saved: {out / 'adapter_model.safetensors'} (" in stdout  # outside the working directory: absolute
     assert {p.name for p in out.iterdir()} >= {
         "adapter_model.safetensors",
         "final_model.json",
@@ -51,6 +53,51 @@ def test_train_resume_and_start_over(
 
     code, _, err = run_cli(capsys, "train", str(config), "--resume")
     assert code == 2 and err.startswith("error: --resume: no checkpoint in ")
+
+
+def test_a_run_tells_its_story(
+    tiny_checkpoints: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = tiny_checkpoints["llama"]
+    runs.write_config(tmp_path, base, quantize={"bits": 4}, training={"max_steps": 5})
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = run_cli(capsys, "train", "config.yaml")
+    assert code == 0
+    lines = stdout.splitlines()
+    assert lines[:4] == [
+        f"Model: {base} (local folder)",
+        "Loading model weights (SafeTensors)...",
+        "Applying QLoRA adapters (rank=8)...",
+        lines[3],  # the run's summary
+    ]
+    assert lines[3].startswith(f"qlora fine-tune of {base} on cpu: ")
+    # 8 training records in batches of 4: 2 steps an epoch; max_steps=5 stops half-way through the third epoch.
+    epochs = [line for line in lines if line.startswith("Epoch ")]
+    assert [re.sub(r"loss=\d+\.\d{3}, ", "", line) for line in epochs] == [
+        "Epoch 1/3: lr=1.0e-2",
+        "Epoch 2/3: lr=1.0e-2",
+        "Epoch 3/3: lr=1.0e-2 (stopped after 50% of the epoch)",
+    ]
+    assert lines.index(epochs[0]) == lines.index(next(line for line in lines if line.startswith("step 2/5 "))) + 1
+    saved = lines[lines.index(next(line for line in lines if line.startswith("Trained 5 steps in "))) + 1 :]
+    out = tmp_path / "out"
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert sorted(saved) == sorted(f"Saved: ./out/{name} ({human_size((out / name).stat().st_size)})" for name in files)
+    assert files == sorted(
+        [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "config.yaml",
+            "final_model.json",
+            "generation_config.json",
+            "metrics.jsonl",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ]
+    )
 
 
 def test_dry_run_writes_nothing(

@@ -34,8 +34,10 @@ from aprender.hub import Fault, upload_folder
 from aprender.hub.api import Response
 from aprender.hub.repo_id import RepoId
 from entrenar.config import PublishSection
+from entrenar.display import human_size
 from entrenar.errors import PublishError
-from entrenar.publish import preflight, publish, publish_output
+from entrenar.publish import StagedFile, preflight, publish, publish_output
+from entrenar.publish.upload import upload_lines
 
 publish_module = importlib.import_module("entrenar.publish.upload")
 
@@ -150,6 +152,45 @@ def test_no_model_card_and_reuse_of_an_existing_repo(alice: Any, lora_output: An
     second = publish(lora_output.output, "alice/tiny-nocard", model_card=False)
     assert second.commit_url == first.commit_url  # nothing changed: the head commit is reused
     assert alice.server.store.exists(RepoId.parse("alice/tiny-nocard"))
+
+
+def test_upload_lines_name_the_weights_and_large_files_and_count_the_rest() -> None:
+    files = [
+        StagedFile("README.md", 2_345),
+        StagedFile("config.json", 700),
+        StagedFile("model-00001-of-00002.safetensors", 4_990_000_000),
+        StagedFile("model-00002-of-00002.safetensors", 999),  # weights: named whatever their size
+        StagedFile("tokenizer.json", 11_418_266),  # 10 MB or more: named
+        StagedFile("vocab.txt", 9_999_999),
+    ]
+    assert upload_lines(files) == [
+        "Uploading model-00001-of-00002.safetensors (5.0 GB)...",
+        "Uploading model-00002-of-00002.safetensors (999 B)...",
+        "Uploading tokenizer.json (11.4 MB)...",
+        "Uploading 3 small files (10.0 MB)...",  # 2,345 + 700 + 9,999,999 bytes
+    ]
+    assert upload_lines([StagedFile("x.gguf", 1), StagedFile("README.md", 1)])[1:] == [
+        "Uploading 1 small file (1 B)..."
+    ]
+    assert upload_lines([StagedFile("x.gguf", 1)]) == ["Uploading x.gguf (1 B)..."]
+
+
+def test_publish_reports_each_step(alice: Any, lora_output: Any) -> None:
+    told: list[str] = []
+    result = publish(lora_output.output, "alice/tiny-told", report=told.append)
+    weights = next(f for f in result.files if f.path == "model.safetensors")
+    assert told[:4] == [
+        "Merging LoRA adapters with base model...",
+        "Exporting as SafeTensors...",
+        "Creating repo: alice/tiny-told",
+        f"Uploading model.safetensors ({human_size(weights.size)})...",
+    ]
+    small = [f for f in result.files if f is not weights]
+    assert told[4] == f"Uploading {len(small)} small files ({human_size(sum(f.size for f in small))})..."
+    assert told[5:] == [f"Commit: {result.commit_url}", f"Published: {alice.url}/alice/tiny-told"]
+    told.clear()
+    publish(lora_output.output, "alice/tiny-told", report=told.append)
+    assert told[2] == "Using existing repo: alice/tiny-told"
 
 
 def test_private_publish_creates_a_private_repo(alice: Any, lora_output: Any) -> None:

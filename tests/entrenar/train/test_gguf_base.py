@@ -15,6 +15,7 @@ from aprender.reference import gguf_cache_folder
 from entrenar.config import load_config
 from entrenar.models import from_pretrained
 from entrenar.train import run_training
+from entrenar.train.setup import model_source_line
 from fixtures.cli import run_cli
 
 runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
@@ -27,8 +28,15 @@ def test_a_gguf_base_validates_and_trains(
     config = runs.write_config(tmp_path, gguf)
     code, out, err = run_cli(capsys, "validate", str(config))
     assert (code, err) == (0, "") and "valid lora config" in out
-    result = run_training(load_config(config, ["training.max_steps=3"]), console=Console(file=io.StringIO()))
+    console = Console(file=io.StringIO())
+    result = run_training(load_config(config, ["training.max_steps=3"]), console=console)
     assert result.state.step == 3
+    # `validate` converted it already; a file never seen is converted by the run that needs it.
+    assert console.file.getvalue().startswith(f"Converting {gguf} to SafeTensors... [cached]\n")  # type: ignore[attr-defined]
+    fresh = export_gguf(tiny_checkpoints["llama"], tmp_path / "fresh.gguf", gguf_type="f32")
+    assert model_source_line(load_config(config, [f"model.path={fresh}"]).model) == (
+        f"Converting {fresh} to SafeTensors..."
+    )
     # the run trained on the converted folder, whose weights are the original model's (f32: lossless)
     converted = gguf_cache_folder(gguf)
     assert result.run.model_dir == converted

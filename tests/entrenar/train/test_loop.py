@@ -1,4 +1,5 @@
-"""entrenar.train.loop / callbacks / state: signals, restore checks, progress output, metrics file, state JSON."""
+"""entrenar.train.loop / callbacks / state: signals, restore checks, progress output, epoch summaries, metrics file,
+state JSON."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from entrenar.train import (
     latest_checkpoint,
     load_checkpoint,
 )
+from entrenar.train.records import EpochSummary
 from entrenar.train.state import LogWindow
 
 runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
@@ -188,8 +190,11 @@ def test_progress_lines_without_a_terminal(config: Path) -> None:
     pattern = r"step {}/3 \| loss \d+\.\d{{4}} \| lr 1\.000e-02 \| \d+ tok/s \| ETA \d+:\d\d:\d\d"
     assert re.fullmatch(pattern.format(1), lines[0])
     assert re.fullmatch(r"eval step 2: loss \d+\.\d{4} \| perplexity \d+\.\d{3} \| token accuracy 0\.\d{4}", lines[2])
-    assert re.fullmatch(pattern.format(3), lines[3]) and lines[3].endswith("ETA 0:00:00")
-    assert len(lines) == 5  # 3 steps, evaluations at 2 and 3
+    # 6 training records in batches of 4: 2 batches an epoch, so 3 steps end epoch 1 and half of epoch 2.
+    assert re.fullmatch(r"Epoch 1/2: loss=\d+\.\d{3}, lr=1\.0e-2", lines[3])
+    assert re.fullmatch(pattern.format(3), lines[4]) and lines[4].endswith("ETA 0:00:00")
+    assert re.fullmatch(r"Epoch 2/2: loss=\d+\.\d{3}, lr=1\.0e-2 \(stopped after 50% of the epoch\)", lines[6])
+    assert len(lines) == 7  # 3 steps, evaluations at 2 and 3, 2 epoch lines
 
 
 def test_progress_bar_on_a_terminal(config: Path) -> None:
@@ -204,3 +209,97 @@ def test_eta_is_unknown_before_the_first_step(config: Path) -> None:
     trainer: Any = _trainer(config)
     display.on_train_begin(trainer)
     assert display.eta(trainer) is None
+
+
+class _Epochs(Callback):
+    """Records each step's loss, target tokens and lr, and each epoch summary."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, int, float]] = []
+        self.summaries: list[EpochSummary] = []
+        self._tokens = 0
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        state = trainer.state
+        assert state.loss is not None and state.lr is not None
+        self.steps.append((state.loss, state.target_tokens - self._tokens, state.lr))
+        self._tokens = state.target_tokens
+
+    def on_epoch_end(self, trainer: Trainer, summary: EpochSummary) -> None:
+        self.summaries.append(summary)
+
+
+def _token_weighted(steps: list[tuple[float, int, float]]) -> float:
+    return sum(loss * tokens for loss, tokens, _ in steps) / sum(tokens for _, tokens, _ in steps)
+
+
+def test_one_summary_per_epoch_with_the_token_weighted_loss_and_the_last_lr(config: Path) -> None:
+    # 8 training records in batches of 4: 2 steps an epoch; max_steps=5 ends half-way through epoch 3.
+    # A linear schedule, so each step has its own lr.
+    epochs = _Epochs()
+    _trainer(config, "training.max_steps=5", "scheduler.name=linear", callbacks=[epochs]).fit()
+    steps = epochs.steps
+    assert len(steps) == 5 and len({lr for _, _, lr in steps}) == 5
+    assert epochs.summaries == [
+        {
+            "epoch": 1,
+            "epochs": 3,
+            "steps": 2,
+            "loss": pytest.approx(_token_weighted(steps[:2])),
+            "lr": steps[1][2],
+            "complete": 1.0,
+        },
+        {
+            "epoch": 2,
+            "epochs": 3,
+            "steps": 2,
+            "loss": pytest.approx(_token_weighted(steps[2:4])),
+            "lr": steps[3][2],
+            "complete": 1.0,
+        },
+        {"epoch": 3, "epochs": 3, "steps": 1, "loss": pytest.approx(steps[4][0]), "lr": steps[4][2], "complete": 0.5},
+    ]
+
+
+def test_a_step_that_ends_two_epochs_reports_the_last(config: Path) -> None:
+    # grad_accum 3 over 2 micro-batches an epoch: step 1 ends epoch 1 (micro-batch 3), step 2 epochs 2 and 3 (6).
+    epochs = _Epochs()
+    _trainer(config, "training.max_steps=2", "training.grad_accum=3", callbacks=[epochs]).fit()
+    assert [(s["epoch"], s["epochs"], s["steps"], s["complete"]) for s in epochs.summaries] == [
+        (1, 3, 1, 1.0),
+        (3, 3, 1, 1.0),
+    ]
+
+
+def test_a_resumed_run_reports_the_epochs_of_an_uninterrupted_one(config: Path) -> None:
+    straight = _Epochs()
+    _trainer(config, "training.max_steps=6", callbacks=[straight]).fit()
+    first = _trainer(config, "training.max_steps=3")  # stops half-way through epoch 2: its summary is partial
+    first.fit()
+    resumed_epochs = _Epochs()
+    resumed = _trainer(config, "training.max_steps=6", callbacks=[resumed_epochs])
+    resumed.restore(load_checkpoint(first.save_checkpoint()))
+    resumed.fit()
+    # Epoch 2 spans the resume: its summary still covers both of its steps, as in the straight run.
+    assert resumed_epochs.summaries == straight.summaries[1:]
+    assert [s["steps"] for s in straight.summaries] == [2, 2, 2]
+
+
+def test_a_checkpoint_from_before_epoch_summaries_resumes() -> None:
+    state = TrainState(total_steps=10, batches_per_epoch=4, step=3, micro_batches=6).to_dict()
+    del state["epoch_window"], state["epochs_summarised"]
+    again = TrainState.from_dict(state)
+    # The epoch in progress gets a summary of the steps after the resume; epoch 1 is not reported again.
+    assert (again.epochs_summarised, again.epoch_window) == (1, LogWindow())
+
+
+def test_the_epoch_line() -> None:
+    console = Console(file=io.StringIO(), width=40)  # no wrapping, even on a narrow console
+    display = ProgressDisplay(console)
+    trainer: Any = None
+    display.on_epoch_end(trainer, {"epoch": 1, "epochs": 3, "steps": 7, "loss": 2.3414, "lr": 2e-4, "complete": 1.0})
+    display.on_epoch_end(trainer, {"epoch": 3, "epochs": 3, "steps": 2, "loss": 0.05, "lr": 1.96e-5, "complete": 0.25})
+    assert console.file.getvalue().splitlines() == [  # type: ignore[attr-defined]
+        "Epoch 1/3: loss=2.341, lr=2.0e-4",
+        "Epoch 3/3: loss=0.050, lr=2.0e-5 (stopped after 25% of the epoch)",
+    ]

@@ -38,7 +38,9 @@ def _publish(hub: LocalHub, tiny: Path, folder: Path, section: dict[str, Any]) -
     repo = RepoId.parse(section["repo"])
     endpoint = section.get("endpoint") or hub.url
     assert result.published_url == f"{endpoint}/{repo}"
-    assert f"published to {result.published_url}" in console.file.getvalue()  # type: ignore[attr-defined]
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert lines[-1] == f"Published: {result.published_url}"
+    assert f"Auto-publishing to {repo}..." in lines
     store = hub.server.store
     return set(store.resolve(repo, "main").files), repo
 

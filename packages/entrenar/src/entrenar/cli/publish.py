@@ -13,6 +13,7 @@ import click
 
 from aprender.hub import describe_token_source
 from entrenar.constants import GGUF_TYPES, PUBLISH_FORMATS
+from entrenar.display import human_size
 
 if TYPE_CHECKING:
     from entrenar.publish import PublishResult
@@ -20,20 +21,11 @@ if TYPE_CHECKING:
 __all__ = ["publish_command", "push_command"]
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
-def _report(result: PublishResult) -> None:
+def _listing(result: PublishResult) -> None:
     width = max(len(f.path) for f in result.files)
     for staged in result.files:
-        click.echo(f"  {staged.path:<{width}}  {staged.size:>14,} bytes  ({_human(staged.size)})")
-    click.echo(f"  {len(result.files)} files, {result.total_size:,} bytes ({_human(result.total_size)})")
+        click.echo(f"  {staged.path:<{width}}  {staged.size:>14,} bytes  ({human_size(staged.size)})")
+    click.echo(f"  {len(result.files)} files, {result.total_size:,} bytes ({human_size(result.total_size)})")
 
 
 def _options(function: click.decorators.FC) -> click.decorators.FC:
@@ -80,7 +72,8 @@ def _run(
     """Publish MODEL_DIR (default ./output): a training output, PEFT adapter or model folder.
 
     Adapters are merged into their base model by default (QLoRA: into the 16/32-bit base, never in 4
-    bits). The token comes from HF_TOKEN, HUGGING_FACE_HUB_TOKEN or `hf auth login`.
+    bits). Each step is printed (merge, export, repo, uploads), the repo's URL last. The token comes from
+    HF_TOKEN, HUGGING_FACE_HUB_TOKEN or `hf auth login`.
     """
     from entrenar.publish import publish  # torch and the exporters load only when a command runs
 
@@ -96,15 +89,11 @@ def _run(
         model_card=not no_model_card,
         dry_run=dry_run,
         endpoint=endpoint,
+        report=click.echo,
     )
     if result.dry_run:
         click.echo(f"Dry run: nothing uploaded. {result.repo_id} would receive ({result.layout}):")
-        _report(result)
-        return
-    click.echo(f"Uploaded {result.layout} to {result.repo_id}:")
-    _report(result)
-    click.echo(f"Commit: {result.commit_url}")
-    click.echo(result.url)
+        _listing(result)
 
 
 def _command(name: str, help_text: str) -> click.Command:

@@ -51,6 +51,7 @@ from entrenar.constants import (
     GGUF_TYPES,
     PUBLISH_FORMATS,
 )
+from entrenar.display import Report
 from entrenar.errors import PublishError
 from entrenar.lora.merge import merge_adapter_into_checkpoint
 from entrenar.publish.card import Layout
@@ -171,8 +172,13 @@ def export_model(
     gguf_type: str = "f16",
     offline: bool = False,
     max_shard_size: int | str = "5GB",
+    report: Report = _LOG.info,
 ) -> ExportedModel:
     """Write what will be uploaded (without the model card) into `out_dir`.
+
+    Says what it does through `report`: ``Merging LoRA adapters with base model...`` (adapters into a
+    model or GGUF), then ``Exporting as SafeTensors...``, ``Exporting as GGUF (Q8_0)...`` or ``Exporting the
+    LoRA adapter (PEFT, SafeTensors)...``.
 
     Args:
         model: The detected folder.
@@ -186,6 +192,7 @@ def export_model(
         gguf_type: ``"f16"``, ``"q8_0"`` or ``"q4_0"`` (``fmt="gguf"`` only).
         offline: Use only local files and the HF cache (a dry run).
         max_shard_size: Largest merged safetensors shard, bytes or e.g. ``"5GB"``.
+        report: Told each step (default: this module's logger, at INFO).
 
     Returns:
         The `ExportedModel`.
@@ -202,15 +209,19 @@ def export_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if layout == "adapter":
+        report("Exporting the LoRA adapter (PEFT, SafeTensors)...")
         _write_adapter(model, out, base_model)
         return ExportedModel(out, layout, _listing(out), _local_base(model, base_model))
+    if model.kind != "full":
+        report("Merging LoRA adapters with base model...")
     if layout == "model":
+        report("Exporting as SafeTensors...")  # a merge writes the exported shards as it goes
         base_dir = _write_model(model, out, base_model, offline, max_shard_size)
         return ExportedModel(out, layout, _listing(out), base_dir)
     gguf_name = f"{name}-{gguf_type.upper()}.gguf"
     with tempfile.TemporaryDirectory(prefix="entrenar-gguf-") as work:
         base_dir = _write_model(model, Path(work), base_model, offline, max_shard_size)
-        _LOG.info("writing %s (%s)", gguf_name, gguf_type)
+        report(f"Exporting as GGUF ({gguf_type.upper()}): {gguf_name}...")
         export_gguf(work, out / gguf_name, gguf_type=gguf_type, name=name)
     return ExportedModel(out, layout, _listing(out), base_dir, gguf_name)
 
@@ -226,7 +237,6 @@ def _write_model(
         return _local_base(model, base_model)
     reference, revision = _base_reference(model, base_model)
     base_dir = resolve_base_model(reference, revision, offline=offline)
-    _LOG.info("merging %s into %s", model.path, reference)
     merge_adapter_into_checkpoint(base_dir, model.path, out, max_shard_size=max_shard_size)
     for name in (GENERATION_CONFIG_NAME, *TOKENIZER_FILES):
         if (model.path / name).is_file():

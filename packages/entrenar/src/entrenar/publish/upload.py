@@ -11,6 +11,11 @@
 4. a dry run stops here and reports every staged file and its size; otherwise
    `aprender.hub.upload_folder` creates (or reuses) the repo and uploads everything in one commit.
 
+Each step is told to a `entrenar.display.Report` as it starts (what ``entrenar publish`` prints):
+``Merging LoRA adapters with base model...``, ``Exporting as SafeTensors...`` (`export_model`),
+``Creating repo: ns/name`` or ``Using existing repo: ns/name``, ``Uploading <file> (<size>)...`` for each
+large file (`upload_lines`), ``Published: <url>``.
+
 `preflight` is also what a training run with a ``publish:`` section calls before its first step, and
 `publish_output` what it calls after the last one.
 
@@ -46,15 +51,28 @@ from aprender.hub.token import HubToken
 from aprender.reference import looks_like_repo_id
 from entrenar import __version__
 from entrenar.config.schema import PublishSection
+from entrenar.display import Report, human_size
 from entrenar.errors import PublishError
 from entrenar.publish.card import CardContext, base_license, hub_dataset_ids, write_model_card
 from entrenar.publish.curve import read_loss_points
 from entrenar.publish.detect import ModelFolder, detect_model_folder
 from entrenar.publish.export import ExportedModel, export_model, plan_layout
 
-__all__ = ["Account", "PublishResult", "StagedFile", "preflight", "publish", "publish_output"]
+__all__ = [
+    "LARGE_FILE_BYTES",
+    "WEIGHT_SUFFIXES",
+    "Account",
+    "PublishResult",
+    "StagedFile",
+    "preflight",
+    "publish",
+    "publish_output",
+    "upload_lines",
+]
 
 _LOG = logging.getLogger(__name__)
+LARGE_FILE_BYTES = 10_000_000  # from 10 MB the Hub keeps any file in LFS
+WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 
 
 @dataclass(frozen=True)
@@ -180,6 +198,18 @@ def _check_write_access(repo: RepoId, user: str, info: dict[str, Any], settings:
 # ----------------------------------------------------------------------------------------------- publish
 
 
+def upload_lines(files: list[StagedFile]) -> list[str]:
+    """``Uploading <file> (<size>)...`` for each weights file or file of `LARGE_FILE_BYTES` or more, in order,
+    then one line for the rest (``Uploading 6 small files (52.1 kB)...``)."""
+    large = [f for f in files if f.path.endswith(WEIGHT_SUFFIXES) or f.size >= LARGE_FILE_BYTES]
+    lines = [f"Uploading {f.path} ({human_size(f.size)})..." for f in large]
+    small = [f for f in files if f not in large]
+    if small:
+        noun = "file" if len(small) == 1 else "files"
+        lines.append(f"Uploading {len(small)} small {noun} ({human_size(sum(f.size for f in small))})...")
+    return lines
+
+
 def publish(
     model_dir: str | os.PathLike[str],
     repo_id: str,
@@ -194,6 +224,7 @@ def publish(
     endpoint: str | None = None,
     token: str | None = None,
     max_shard_size: int | str = "5GB",
+    report: Report = _LOG.info,
 ) -> PublishResult:
     """Publish a training output folder (or any adapter/model folder) to a Hub repo.
 
@@ -211,6 +242,7 @@ def publish(
         endpoint: Hub URL; default ``HF_ENDPOINT`` or https://huggingface.co.
         token: Explicit token; default from the environment (see `preflight`).
         max_shard_size: Largest safetensors shard of a merged model.
+        report: Told each step as it starts (module docstring; default: this module's logger, at INFO).
 
     Returns:
         The `PublishResult`.
@@ -241,17 +273,24 @@ def publish(
             gguf_type=gguf_type or "f16",
             offline=dry_run,
             max_shard_size=max_shard_size,
+            report=report,
         )
         if model_card:
             _write_card(model, exported, repo, base_model)
         files = [StagedFile(p.relative_to(staging).as_posix(), p.stat().st_size) for p in _files(staging)]
         if dry_run:
             return PublishResult(repo, exported.layout, files, dry_run=True)
+        exists = repo_is_private(repo, token=token, endpoint=endpoint) is not None
+        report(f"Using existing repo: {repo}" if exists else f"Creating repo: {repo}")
+        for line in upload_lines(files):
+            report(line)
         message = f"Upload {exported.layout} with entrenar {__version__}"
         commit_url = upload_folder(
             repo, staging, private=private, commit_message=message, token=token, endpoint=endpoint
         )
     url = f"{HubSettings.from_env(endpoint).endpoint}/{repo}"
+    report(f"Commit: {commit_url}")
+    report(f"Published: {url}")
     return PublishResult(repo, exported.layout, files, dry_run=False, url=url, commit_url=commit_url)
 
 
@@ -285,13 +324,16 @@ def _write_card(model: ModelFolder, exported: ExportedModel, repo: str, base_mod
     write_model_card(folder, ctx, points)
 
 
-def publish_output(output_dir: str | os.PathLike[str], publish_section: PublishSection) -> PublishResult:
+def publish_output(
+    output_dir: str | os.PathLike[str], publish_section: PublishSection, report: Report = _LOG.info
+) -> PublishResult:
     """Publish a finished training run as its config's ``publish:`` section says (after `preflight`).
 
     Args:
         output_dir: The run's output folder.
         publish_section: The resolved ``publish:`` section (repo, private, model_card, merge_adapters,
             format, gguf_type, endpoint).
+        report: Told each step (see `publish`).
 
     Returns:
         The `PublishResult` (``url`` is the repo's URL).
@@ -309,4 +351,5 @@ def publish_output(output_dir: str | os.PathLike[str], publish_section: PublishS
         gguf_type=section.gguf_type if section.format == "gguf" else None,
         model_card=section.model_card,
         endpoint=section.endpoint,
+        report=report,
     )

@@ -30,10 +30,18 @@ from aprender.text import Tokenizer
 from entrenar.autograd import GradientEngine, PrecisionPolicy
 from entrenar.config import TrainConfig
 from entrenar.data import DataLoader, Dataset
+from entrenar.display import Report, silent
 from entrenar.models import CausalLM
 from entrenar.train.loss import CausalLMLoss
 from entrenar.train.setup.data import load_data
-from entrenar.train.setup.model import build_model, compute_dtype, resolve_model_dir, seed_everything, select_device
+from entrenar.train.setup.model import (
+    build_model,
+    compute_dtype,
+    model_source_line,
+    resolve_model_dir,
+    seed_everything,
+    select_device,
+)
 from entrenar.train.setup.optimization import StepPlan, build_optimizer_for, build_scheduler_for, plan_steps
 
 __all__ = ["BuildOrderError", "RunBuilder", "TrainingRun", "build_run"]
@@ -89,15 +97,17 @@ class RunBuilder:
         >>> run = builder.build()  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: TrainConfig, *, device: torch.device | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, *, device: torch.device | None = None, report: Report = silent) -> None:
         """Start a build.
 
         Args:
             cfg: The validated config.
             device: Where to train; None picks `select_device`.
+            report: Told where the model comes from, and as it is loaded and its adapters applied.
         """
         self.cfg = cfg
         self.device = device or select_device()
+        self.report = report
         self._done: list[str] = []
         self.model_dir: Path | None = None
         self.tokenizer: Tokenizer | None = None
@@ -123,6 +133,7 @@ class RunBuilder:
     def setup_data(self) -> None:
         """The base model's folder and tokenizer, the datasets and the shuffled training loader."""
         self._step("setup_data")
+        self.report(model_source_line(self.cfg.model))
         self.model_dir = resolve_model_dir(self.cfg.model)
         self.tokenizer = Tokenizer.from_dir(self.model_dir)
         self.train_data, self.val_data = load_data(self.cfg, self.tokenizer)
@@ -135,7 +146,7 @@ class RunBuilder:
         self._step("setup_model", needs=("setup_data",))
         assert self.model_dir is not None
         seed_everything(self.cfg.training.seed)
-        self.model = build_model(self.cfg, self.model_dir, self.device)
+        self.model = build_model(self.cfg, self.model_dir, self.device, self.report)
 
     def wrap(self, wrapper: Callable[[CausalLM], CausalLM]) -> None:
         """Replace the model by ``wrapper(model)`` (DDP, FSDP2): after the model, before the optimizer."""
@@ -176,12 +187,13 @@ class RunBuilder:
         )
 
 
-def build_run(cfg: TrainConfig, *, device: torch.device | None = None) -> TrainingRun:
+def build_run(cfg: TrainConfig, *, device: torch.device | None = None, report: Report = silent) -> TrainingRun:
     """Build every object of a run, ready for `entrenar.train.Trainer`: `RunBuilder`'s steps in order.
 
     Args:
         cfg: The validated config.
         device: Where to train; None picks `select_device`.
+        report: Told where the model comes from, and as it is loaded and its adapters applied.
 
     Returns:
         The run.
@@ -189,7 +201,7 @@ def build_run(cfg: TrainConfig, *, device: torch.device | None = None) -> Traini
     Raises:
         AprenderError: Any user-caused problem (model, data, options), as one message.
     """
-    builder = RunBuilder(cfg, device=device)
+    builder = RunBuilder(cfg, device=device, report=report)
     builder.setup_data()
     builder.setup_model()
     builder.setup_optimization()

@@ -3,7 +3,8 @@
 The `Trainer` calls, in this order per optimizer step: the step itself with `Callback.on_optimizer_step`
 right after the optimizer updated the weights (before the schedule moves on: where pruning masks and QAT
 counters live), then `Callback.on_log` with a ``metrics.jsonl`` record when a log is due,
-`Callback.on_evaluate` with an eval record when an evaluation is due, then `Callback.on_step_end`.
+`Callback.on_evaluate` with an eval record when an evaluation is due, `Callback.on_epoch_end` with an
+`EpochSummary` when the step ends an epoch, then `Callback.on_step_end`.
 Callbacks run in the order given, so a checkpoint taken in ``on_step_end`` already holds that step's
 records and early-stopping verdict.
 
@@ -18,7 +19,7 @@ before the first step, so a resumed run stays bit-identical.
 - `EarlyStopping` ends the run after ``patience`` evaluations without a lower validation loss
   (Prechelt 1998, "Early Stopping - But When?", https://doi.org/10.1007/3-540-49430-8_3).
 - `ProgressDisplay` shows step, loss, lr, tokens/s and ETA: a rich progress bar on a terminal, plain
-  lines otherwise (logs, CI).
+  lines otherwise (logs, CI); and one line per epoch, ``Epoch 1/3: loss=2.341, lr=2.0e-4``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from aprender.atomic import atomic_write_text
-from entrenar.train.records import EvalRecord, MetricRecord, TrainRecord
+from entrenar.display import scientific
+from entrenar.train.records import EpochSummary, EvalRecord, MetricRecord, TrainRecord
 
 if TYPE_CHECKING:
     from entrenar.train.loop import Trainer
@@ -69,8 +71,11 @@ class Callback:
     def on_evaluate(self, trainer: Trainer, record: EvalRecord) -> None:
         """An evaluation record was added to ``trainer.state.history``."""
 
+    def on_epoch_end(self, trainer: Trainer, summary: EpochSummary) -> None:
+        """The step just taken ended an epoch (or the run ended mid-epoch: ``summary["complete"]`` < 1)."""
+
     def on_step_end(self, trainer: Trainer) -> None:
-        """After the step, its log and its evaluation."""
+        """After the step, its log, its evaluation and its epoch summary."""
 
     def on_train_end(self, trainer: Trainer) -> None:
         """After the last step (not called when the run is interrupted)."""
@@ -195,6 +200,15 @@ class ProgressDisplay(Callback):
         line = (
             f"eval step {record['step']}: loss {record['eval_loss']:.4f} | perplexity {record['eval_perplexity']:.3f}"
             f" | token accuracy {record['eval_token_accuracy']:.4f}"
+        )
+        self.console.print(line, highlight=False, soft_wrap=True)
+
+    def on_epoch_end(self, trainer: Trainer, summary: EpochSummary) -> None:
+        """Print ``Epoch 1/3: loss=2.341, lr=2.0e-4`` (and how much of the epoch ran, when not all of it)."""
+        partial = f" (stopped after {summary['complete']:.0%} of the epoch)" if summary["complete"] < 1 else ""
+        line = (
+            f"Epoch {summary['epoch']}/{summary['epochs']}: loss={summary['loss']:.3f}, "
+            f"lr={scientific(summary['lr'], 1)}{partial}"
         )
         self.console.print(line, highlight=False, soft_wrap=True)
 

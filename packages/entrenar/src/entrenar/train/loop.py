@@ -2,9 +2,11 @@
 
 One step: take ``grad_accum`` micro-batches, accumulate their gradients normalised by the step's target
 tokens (`entrenar.autograd.GradientEngine`), clip, step the optimizer and the schedule. Then, when due, a
-``metrics.jsonl`` record (every ``training.log_every`` steps and at the last one) and an evaluation
-(every ``training.eval_every`` steps and at the last one, with validation data); then the callbacks'
-``on_step_end`` (checkpoints, progress). The loss comes in named parts (``ce`` ...), each logged.
+``metrics.jsonl`` record (every ``training.log_every`` steps and at the last one), an evaluation
+(every ``training.eval_every`` steps and at the last one, with validation data) and an epoch summary
+(`entrenar.train.records.EpochSummary`, when the step's micro-batches finish an epoch); then the
+callbacks' ``on_step_end`` (checkpoints, progress). A run that ends mid-epoch (``max_steps``, early
+stopping) gives that epoch a last, partial summary. The loss comes in named parts (``ce`` ...), each logged.
 
 Exact resume: a checkpoint holds the trainable weights, optimizer, schedule, loss scaler, every RNG
 state, the data position, the `TrainState` and each stateful callback's state; `Trainer.restore` puts
@@ -35,7 +37,7 @@ from entrenar.train.build import TrainingRun
 from entrenar.train.callbacks import Callback
 from entrenar.train.checkpoint import Checkpoint, capture_rng_state, restore_rng_state, save_checkpoint
 from entrenar.train.evaluate import EvalMetrics, evaluate
-from entrenar.train.records import EvalRecord, TrainRecord
+from entrenar.train.records import EpochSummary, EvalRecord, TrainRecord
 from entrenar.train.state import LogWindow, TrainState
 
 __all__ = ["RESUMABLE_KEYS", "Trainer"]
@@ -134,6 +136,8 @@ class Trainer:
                 self._after_step()
                 if signals.received is not None:
                     self._interrupted(signals.received)
+        if self.state.epoch_window.steps:  # ended mid-epoch; a longer run resumed from here goes on counting it
+            self._emit("on_epoch_end", self._epoch_summary(self.state.epochs_summarised + 1))
         self._update_elapsed()
         self._emit("on_train_end")
         return self.state
@@ -169,6 +173,11 @@ class Trainer:
             self._log()
         if self.run.val_data is not None and (state.step % training.eval_every == 0 or last):
             self._evaluate()
+        finished = state.micro_batches // state.batches_per_epoch
+        if finished > state.epochs_summarised:
+            summary = self._epoch_summary(finished)
+            state.epoch_window, state.epochs_summarised = LogWindow(), finished
+            self._emit("on_epoch_end", summary)
         self._emit("on_step_end")
 
     # ------------------------------------------------------------------------------------ records
@@ -193,6 +202,20 @@ class Trainer:
         state.best_train_loss = loss if state.best_train_loss is None else min(state.best_train_loss, loss)
         state.history.append(record)
         self._emit("on_log", record)
+
+    def _epoch_summary(self, epoch: int) -> EpochSummary:
+        """The summary of the steps since the last one, ending in `epoch` (the state is left as it is)."""
+        state, plan = self.state, self.run.plan
+        assert state.lr is not None
+        covered = min(state.micro_batches - (epoch - 1) * plan.batches_per_epoch, plan.batches_per_epoch)
+        return {
+            "epoch": epoch,
+            "epochs": -(-plan.total_micro_batches // plan.batches_per_epoch),
+            "steps": state.epoch_window.steps,
+            "loss": state.epoch_window.loss,
+            "lr": state.lr,
+            "complete": covered / plan.batches_per_epoch,
+        }
 
     def evaluate(self) -> EvalMetrics:
         """Loss, perplexity and token accuracy on the validation data.

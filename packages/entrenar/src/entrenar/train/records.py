@@ -8,6 +8,10 @@ every key is checked by the type checker where it is written or read.
 A ``"train"`` record describes the optimizer steps since the previous one; ``parts`` holds each named part
 of the loss (``ce``, later ``kd`` ...), each a mean per target token like ``loss``, which is what was
 optimized. An ``"eval"`` record holds one evaluation on the validation data.
+
+`EpochSummary` is no ``metrics.jsonl`` line: the loop hands it to the callbacks when an epoch ends (the
+progress display prints it), built from the `TrainState`'s own epoch window so a resumed run reports
+the same numbers.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Literal, TypedDict, cast
 
 from typing_extensions import NotRequired
 
-__all__ = ["EvalRecord", "MetricRecord", "TrainRecord", "read_metrics"]
+__all__ = ["EpochSummary", "EvalRecord", "MetricRecord", "TrainRecord", "read_metrics"]
 
 
 class TrainRecord(TypedDict):
@@ -57,6 +61,26 @@ class EvalRecord(TypedDict):
 
 
 MetricRecord = TrainRecord | EvalRecord
+
+
+class EpochSummary(TypedDict):
+    """One epoch, as ``Epoch 1/3: loss=2.341, lr=2.0e-4`` shows it.
+
+    Keys:
+        epoch: The epoch that ended, from 1 (a step that ends several epochs, with ``grad_accum`` above the
+        batches per epoch, reports the last). epochs: Epochs the run plans (``ceil(micro-batches / batches
+        per epoch)``). steps: Optimizer steps since the previous summary. loss: Their mean loss per target
+        token (each step's mean weighted by its target tokens, as in a train record). lr: The learning rate
+        the last of them used. complete: The part of the epoch's data they covered:
+        1.0, or less for the last summary of a run that ``max_steps`` or early stopping ended mid-epoch.
+    """
+
+    epoch: int
+    epochs: int
+    steps: int
+    loss: float
+    lr: float
+    complete: float
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[MetricRecord]:

@@ -9,6 +9,13 @@ Then the temp files that a killed run's atomic writes left (in the output folder
 Publishing: with a ``publish:`` section the repo id, token and write access are checked before anything
 is built (`entrenar.publish.preflight`), so a typo or a missing token fails in seconds, not after training;
 the finished output folder is then published as the section says (`entrenar.publish.publish_output`).
+
+What the console shows, in order: where the model comes from (``Downloading ns/name...``, ``[cached]``),
+``Loading model weights (SafeTensors)...``, ``Applying QLoRA adapters (rank=64)...``, the run's summary
+(`describe_run`), progress with one ``Epoch 1/3: loss=2.341, lr=2.0e-4`` line per epoch
+(`entrenar.train.callbacks.ProgressDisplay`), ``Saved: <path> (<size>)`` for each file of the output
+folder, then with ``publish:`` ``Auto-publishing to <repo>...``, the publishing steps and
+``Published: <url>``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from rich.console import Console
 from aprender.atomic import remove_temp_files
 from entrenar.config import TrainConfig, write_resolved_config
 from entrenar.constants import CHECKPOINTS_DIR, FINAL_MODEL_NAME, METRICS_NAME
+from entrenar.display import Report, human_size, shown_path
 from entrenar.errors import CheckpointError
 from entrenar.train.build import TrainingRun, build_run
 from entrenar.train.callbacks import (
@@ -95,18 +103,23 @@ def describe_run(run: TrainingRun) -> str:
     )
 
 
-def _preflight(cfg: TrainConfig, console: Console) -> None:
+def _printer(console: Console) -> Report:
+    """Plain lines on the console (no markup: ``[cached]`` stays; no highlighting; never wrapped)."""
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    return say
+
+
+def _preflight(cfg: TrainConfig, say: Report) -> None:
     """With a ``publish:`` section: check the repo id, the token and write access now, before training."""
     if cfg.publish is None:
         return
     from entrenar.publish import preflight  # the Hub client is needed only when publishing
 
     account = preflight(cfg.publish.repo, cfg.publish.private, cfg.publish.endpoint)
-    console.print(
-        f"will publish to {cfg.publish.repo} as {account.user} ({account.token_source})",
-        highlight=False,
-        soft_wrap=True,
-    )
+    say(f"will publish to {cfg.publish.repo} as {account.user} ({account.token_source})")
 
 
 def _resume_point(root: Path, resume: bool | None) -> Path | None:
@@ -142,38 +155,35 @@ def run_training(
         TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was saved.
     """
     console = console or Console()
+    say = _printer(console)
     out = Path(cfg.training.output_dir)
     root = out / CHECKPOINTS_DIR
     start_from = _resume_point(root, resume)
-    _preflight(cfg, console)
-    run = build_run(cfg)
+    _preflight(cfg, say)
+    run = build_run(cfg, report=say)
     remove_temp_files(out)
     remove_interrupted_saves(root)
-    console.print(describe_run(run), highlight=False, soft_wrap=True)
+    say(describe_run(run))
     trainer = Trainer(run, callbacks=default_callbacks(cfg, console) + list(callbacks or []), checkpoint_dir=root)
     if start_from is not None:
         trainer.restore(load_checkpoint(start_from))
-        console.print(
-            f"resuming from {start_from} (step {trainer.state.step}); pass --no-resume to start over",
-            highlight=False,
-            soft_wrap=True,
-        )
+        say(f"resuming from {start_from} (step {trainer.state.step}); pass --no-resume to start over")
     else:
         remove_checkpoints(root)
         (out / FINAL_MODEL_NAME).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    write_resolved_config(cfg, out)
+    resolved = write_resolved_config(cfg, out)
     state = trainer.fit()
     files = write_outputs(run, state, out)
-    console.print(
-        f"trained {state.step} steps in {state.elapsed:.1f}s; output written to {out}", highlight=False, soft_wrap=True
-    )
+    say(f"Trained {state.step} steps in {state.elapsed:.1f}s")
+    for path in [*files, resolved, out / METRICS_NAME]:
+        say(f"Saved: {shown_path(path)} ({human_size(path.stat().st_size)})")
     url = None
     if cfg.publish is not None:
         from entrenar.publish import publish_output
 
-        url = publish_output(out, cfg.publish).url
-        console.print(f"published to {url}", highlight=False, soft_wrap=True)
+        say(f"Auto-publishing to {cfg.publish.repo}...")
+        url = publish_output(out, cfg.publish, report=say).url
     return TrainResult(output_dir=out, state=state, files=files, resumed_from=start_from, run=run, published_url=url)
 
 
@@ -192,10 +202,10 @@ def dry_run(cfg: TrainConfig, *, console: Console | None = None) -> float:
     Raises:
         AprenderError: A user-caused problem (config, data, model, Hub access when publishing).
     """
-    console = console or Console()
-    _preflight(cfg, console)
-    run = build_run(cfg)
-    console.print(describe_run(run), highlight=False, soft_wrap=True)
+    say = _printer(console or Console())
+    _preflight(cfg, say)
+    run = build_run(cfg, report=say)
+    say(describe_run(run))
     loss = Trainer(run).train_step()
-    console.print(f"dry run: one step took loss {loss:.4f}; nothing was written", highlight=False, soft_wrap=True)
+    say(f"dry run: one step took loss {loss:.4f}; nothing was written")
     return loss

@@ -3,7 +3,7 @@
 Everything the loop knows that is not a tensor lives here, so a resumed run continues from exactly the
 values an uninterrupted one would have: the step, the data consumed, the metric records written so far
 (``metrics.jsonl`` is rewritten from them on resume, dropping lines logged after the checkpoint), the
-partial logging window and the early-stopping counters.
+partial logging and epoch windows and the early-stopping counters.
 """
 
 from __future__ import annotations
@@ -36,6 +36,15 @@ class LogWindow:
     steps: int = 0
     part_sums: dict[str, float] = field(default_factory=dict)
 
+    def add(self, loss: float, target_tokens: int, input_tokens: int, parts: Mapping[str, float]) -> None:
+        """Count one step: its mean loss (and parts) per target token, and its tokens."""
+        self.loss_sum += loss * target_tokens
+        self.target_tokens += target_tokens
+        self.input_tokens += input_tokens
+        self.steps += 1
+        for name, value in parts.items():
+            self.part_sums[name] = self.part_sums.get(name, 0.0) + value * target_tokens
+
     @property
     def loss(self) -> float:
         """The token-weighted mean loss of the window (NaN when empty)."""
@@ -66,6 +75,8 @@ class TrainState:
         grad_norm: Global gradient norm of the last step, before clipping.
         elapsed: Seconds spent training over all sessions, up to the last update.
         window: The steps not yet logged.
+        epoch_window: The steps since the last epoch summary.
+        epochs_summarised: Epochs whose summary was given (`entrenar.train.records.EpochSummary`).
         history: Every record written to ``metrics.jsonl`` (train and eval lines), in order.
         best_train_loss: Lowest logged training loss.
         best_eval_loss: Lowest evaluation loss, with `best_eval_step`.
@@ -85,6 +96,8 @@ class TrainState:
     grad_norm: float | None = None
     elapsed: float = 0.0
     window: LogWindow = field(default_factory=LogWindow)
+    epoch_window: LogWindow = field(default_factory=LogWindow)
+    epochs_summarised: int = 0
     history: list[MetricRecord] = field(default_factory=list)
     best_train_loss: float | None = None
     best_eval_loss: float | None = None
@@ -128,12 +141,8 @@ class TrainState:
         self.target_tokens += target_tokens
         self.input_tokens += input_tokens
         self.loss, self.lr, self.grad_norm = loss, lr, grad_norm
-        self.window.loss_sum += loss * target_tokens
-        self.window.target_tokens += target_tokens
-        self.window.input_tokens += input_tokens
-        self.window.steps += 1
-        for name, value in (parts or {}).items():
-            self.window.part_sums[name] = self.window.part_sums.get(name, 0.0) + value * target_tokens
+        for window in (self.window, self.epoch_window):
+            window.add(loss, target_tokens, input_tokens, parts or {})
 
     def last_record(self, kind: str) -> MetricRecord | None:
         """The newest ``metrics.jsonl`` record of a kind (``"train"`` or ``"eval"``), or None."""
@@ -163,4 +172,7 @@ class TrainState:
         """
         values = dict(data)
         values["window"] = LogWindow(**values["window"])
+        # checkpoints from before epoch summaries: the next summary covers the steps after the resume
+        values["epoch_window"] = LogWindow(**values.get("epoch_window", {}))
+        values.setdefault("epochs_summarised", values["micro_batches"] // values["batches_per_epoch"])
         return cls(**values)

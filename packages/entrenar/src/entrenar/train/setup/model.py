@@ -3,7 +3,7 @@
 - ``model``: a local folder, a ``.gguf`` file (converted once into a cached folder) or a Hub id downloaded
   (weights, config and tokenizer files) into the standard cache (`aprender.reference.resolve_model_folder`);
   loaded by `entrenar.models.from_pretrained` in ``model.dtype``. The tokenizer is the folder's
-  (`aprender.text.Tokenizer.from_dir`).
+  (`aprender.text.Tokenizer.from_dir`). `model_source_line` says which of these happens, before it does.
 - ``lora`` (LoRA): adapters are built with the model through `entrenar.lora.lora_linear_factory`;
   only they train. ``lora`` + ``quantize`` (QLoRA, https://arxiv.org/abs/2305.14314): the dense model
   is loaded, every linear layer but the LM head is replaced by a frozen `NF4Linear`/`Int8Linear`
@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aprender.reference import resolve_model_folder
+from aprender.reference import classify_model_reference, is_on_this_machine, resolve_model_folder
 from entrenar.config import LoraSection, ModelSection, TrainConfig
+from entrenar.display import Report, silent
 from entrenar.errors import ModelConfigError
 from entrenar.lora import LoraConfig, apply_lora, lora_linear_factory, mark_only_lora_trainable
 from entrenar.models import (
@@ -45,6 +46,7 @@ __all__ = [
     "build_model",
     "compute_dtype",
     "lora_config_of",
+    "model_source_line",
     "read_model_config",
     "resolve_model_dir",
     "seed_everything",
@@ -84,6 +86,32 @@ def resolve_model_dir(section: ModelSection, *, weights: bool = True) -> Path:
     """
     revision = section.revision if section.source == "hub" else None
     return resolve_model_folder(section.path, revision, weights=weights)
+
+
+def model_source_line(section: ModelSection) -> str:
+    """Where the base model comes from, said before `resolve_model_dir` fetches it.
+
+    ``Downloading ns/name...`` (``[cached]`` when the HF cache holds its weights), ``Converting x.gguf to
+    SafeTensors...`` (``[cached]`` once converted) or ``Model: /path (local folder)``.
+
+    Args:
+        section: The ``model:`` section.
+
+    Returns:
+        One line.
+    """
+    reference = classify_model_reference(section.path)
+    if reference.kind == "folder":
+        return f"Model: {reference.location} (local folder)"
+    revision = section.revision if reference.kind == "hub" else None
+    done = " [cached]" if is_on_this_machine(reference, revision) else ""
+    if reference.kind == "gguf":
+        return f"Converting {reference.location} to SafeTensors...{done}"
+    from aprender.hub import HubSettings
+
+    name = section.path if revision is None else f"{section.path}@{revision}"
+    where = "" if done else f" from {HubSettings.from_env().endpoint}"
+    return f"Downloading {name}{where}...{done}"
 
 
 def read_model_config(section: ModelSection) -> ModelConfig:
@@ -129,7 +157,7 @@ ModelLoader = Callable[[LinearFactory | None], CausalLM]
 """Builds the base model with a linear factory (None: plain ``nn.Linear``): from a checkpoint, or on ``meta``."""
 
 
-def assemble_model(cfg: TrainConfig, load: ModelLoader) -> CausalLM:
+def assemble_model(cfg: TrainConfig, load: ModelLoader, report: Report = silent) -> CausalLM:
     """The model for the config's method, with only what trains marked ``requires_grad``.
 
     Full fine-tune: every parameter trains. LoRA: adapters built with the model by
@@ -139,6 +167,7 @@ def assemble_model(cfg: TrainConfig, load: ModelLoader) -> CausalLM:
     Args:
         cfg: The config (``lora``, ``quantize``).
         load: Builds the base model.
+        report: Told ``Applying QLoRA adapters (rank=64)...`` as the adapters are added.
 
     Returns:
         The model.
@@ -151,20 +180,23 @@ def assemble_model(cfg: TrainConfig, load: ModelLoader) -> CausalLM:
         model.requires_grad_(True)
         return model
     lora = lora_config_of(cfg.lora)
+    adapters = f"Applying {'LoRA' if cfg.quantize is None else 'QLoRA'} adapters (rank={lora.rank})..."
     if cfg.quantize is None:
         factory = lora_linear_factory(lora)
+        report(adapters)  # built with the model, as it loads
         model = load(factory)
         factory.check_targets()
     else:
         model = load(None)
         quantize_linears(model, cfg.quantize.type, filter_fn=not_output_head, double_quant=cfg.quantize.double_quant)
         release_checkpoint_pages(model)
+        report(adapters)
         apply_lora(model, lora)
     mark_only_lora_trainable(model)
     return model
 
 
-def build_model(cfg: TrainConfig, model_dir: Path, device: torch.device) -> CausalLM:
+def build_model(cfg: TrainConfig, model_dir: Path, device: torch.device, report: Report = silent) -> CausalLM:
     """Load the base model for the config's method (`assemble_model`) and put it in training mode.
 
     Call `seed_everything` first: adapter initialisation draws from torch's generator.
@@ -173,6 +205,7 @@ def build_model(cfg: TrainConfig, model_dir: Path, device: torch.device) -> Caus
         cfg: The config (``model``, ``lora``, ``quantize``, ``training.gradient_checkpointing``).
         model_dir: The model folder (`resolve_model_dir`).
         device: Where to put the weights.
+        report: Told ``Loading model weights (SafeTensors)...`` and which adapters are applied.
 
     Returns:
         The model: trainable parameters in float32, frozen ones in ``model.dtype``.
@@ -184,7 +217,8 @@ def build_model(cfg: TrainConfig, model_dir: Path, device: torch.device) -> Caus
     def load(factory: LinearFactory | None) -> CausalLM:
         return from_pretrained(model_dir, dtype=cfg.model.dtype, device=device, linear_factory=factory)
 
-    model = assemble_model(cfg, load)
+    report("Loading model weights (SafeTensors)...")
+    model = assemble_model(cfg, load, report)
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()

@@ -422,9 +422,7 @@ def test_publish_takes_a_merge_output(
     folder = Path(
         huggingface_hub.snapshot_download("alice/tiny-ties", endpoint=local_hub.url, token=local_hub.tokens["alice"])
     )
-    assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= {
-        p.name for p in folder.iterdir()
-    }
+    assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
     assert "was merged from 3 models" in (folder / "README.md").read_text()
     # `entrenar publish` takes the folder as well (a full model; dry run lists its files)
     code, out, err = run_cli(capsys, "publish", str(tmp_path / "out"), "--repo", "alice/again", "--dry-run")

@@ -235,6 +235,6 @@ def test_any_technique_list_is_named(make_record: RecordFactory) -> None:
     # techniques later issues add, and unknown ones, are shown by their own name
     ctx = _ctx(make_record, techniques=("qlora", "distill", "my-trick"))
     card = render_model_card(ctx)
-    assert "| Method | QLoRA + distill + my-trick |" in card
-    assert "with QLoRA + distill + my-trick using entrenar" in card
+    assert "| Method | QLoRA + knowledge distillation + my-trick |" in card
+    assert "with QLoRA + knowledge distillation + my-trick using entrenar" in card
     assert card_metadata(ctx)["tags"] == ["entrenar", "qlora", "distill", "my-trick", "fine-tuned"]

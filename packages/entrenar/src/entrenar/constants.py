@@ -47,6 +47,7 @@ TECHNIQUE_NAMES = {
     "lora": "LoRA",
     "qlora": "QLoRA",
     "merge": "model merging",
+    "distill": "knowledge distillation",
     "extract-lora": "LoRA extraction",
 }
 """How model cards name the techniques of ``final_model.json``'s ``techniques`` list; others by their own name."""

@@ -19,14 +19,25 @@ so a resumed run picks up exactly where it was).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from entrenar.config import DistillHidden
 from entrenar.errors import ConfigError
+from entrenar.models import ModelConfig
 
-__all__ = ["active_pairs", "auto_pairs", "check_pairs", "hidden_distance", "make_projection"]
+__all__ = [
+    "HiddenTransfer",
+    "active_pairs",
+    "auto_pairs",
+    "build_hidden_transfer",
+    "check_pairs",
+    "hidden_distance",
+    "make_projection",
+]
 
 
 def auto_pairs(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
@@ -79,3 +90,65 @@ def hidden_distance(student: Tensor, teacher: Tensor, loss: str) -> Tensor:
     if loss == "mse":
         return F.mse_loss(s, t, reduction="none").mean(-1).sum()
     return (1 - F.cosine_similarity(s, t, dim=-1)).sum()
+
+
+class HiddenTransfer(nn.Module):
+    """The layer pairs of ``distill.hidden``, their learned projections and how many pairs train now.
+
+    Args:
+        pairs: (student layer, teacher layer) pairs, bottom first.
+        projections: One module per pair mapping the student's width to the teacher's.
+        loss: ``mse`` or ``cosine``.
+        weight: The part's weight in the total.
+        schedule: ``constant`` or ``progressive``.
+        total_steps: The run's optimizer steps (stage lengths of the progressive schedule).
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[int, int]],
+        projections: Sequence[nn.Module],
+        *,
+        loss: str,
+        weight: float,
+        schedule: str,
+        total_steps: int,
+    ) -> None:
+        super().__init__()
+        self.pairs = list(pairs)
+        self.projections = nn.ModuleList(projections)
+        self.loss, self.weight, self.schedule, self.total_steps = loss, weight, schedule, total_steps
+        self.active = active_pairs(self.pairs, schedule, 0, total_steps)
+
+    def at_step(self, step: int) -> None:
+        """Set the pairs that train at optimizer step `step` (0-based)."""
+        self.active = active_pairs(self.pairs, self.schedule, step, self.total_steps)
+
+    def distance(self, student: Mapping[int, Tensor], teacher: Mapping[int, Tensor]) -> Tensor:
+        """The mean over the active pairs of the summed per-position distance."""
+        terms = [
+            hidden_distance(projection(student[s]), teacher[t], self.loss)
+            for (s, t), projection in zip(self.pairs[: self.active], self.projections, strict=False)
+        ]
+        return torch.stack(terms).sum() / len(terms)
+
+
+def build_hidden_transfer(
+    section: DistillHidden, student: ModelConfig, teachers: Sequence[ModelConfig], total_steps: int = 1
+) -> HiddenTransfer:
+    """The layer pairs (``auto`` or the config's, checked against both models) and a projection per pair.
+
+    Raises:
+        ConfigError: Several teachers (hidden states cannot be mixed), or a pair outside the models.
+    """
+    if len(teachers) != 1:
+        raise ConfigError("distill.hidden: layer-wise transfer takes one teacher; use distill.teacher, not teachers")
+    teacher = teachers[0]
+    pairs = (
+        auto_pairs(student.num_layers, teacher.num_layers) if isinstance(section.layers, str) else list(section.layers)
+    )
+    check_pairs(pairs, student.num_layers, teacher.num_layers)
+    projections = [make_projection(student.hidden_size, teacher.hidden_size) for _ in pairs]
+    return HiddenTransfer(
+        pairs, projections, loss=section.loss, weight=section.weight, schedule=section.schedule, total_steps=total_steps
+    )

@@ -269,6 +269,7 @@ def _training_rows(ctx: CardContext) -> list[tuple[str, str]]:
     candidates: list[tuple[str, Any]] = [
         ("Method", _techniques(ctx)),
         ("LoRA rank / alpha", f"{lora['rank']} / {_number(lora['alpha'])}" if {"rank", "alpha"} <= set(lora) else None),
+        ("Distillation", _distillation(_mapping(config.get("distill")))),
         ("Base quantization", _quantization(quant) if quant else None),
         ("Trainable parameters", _share(params)),
         ("Steps", record.get("steps")),
@@ -311,6 +312,25 @@ def _best_eval(loss: Mapping[str, Any]) -> str | None:
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def _distillation(distill: Mapping[str, Any]) -> str | None:
+    """Teacher(s), divergence, temperature and alpha of a ``distill:`` section, or None without one."""
+    if not distill:
+        return None
+    teachers = (
+        [str(distill["teacher"])]
+        if distill.get("teacher")
+        else [
+            f"{t.get('path')} ({_number(t.get('weight'))})"
+            for t in distill.get("teachers") or []
+            if isinstance(t, Mapping)
+        ]
+    )
+    return (
+        f"from {', '.join(teachers)}: {distill.get('loss')}, temperature {_number(distill.get('temperature'))}, "
+        f"alpha {_number(distill.get('alpha'))}"
+    )
 
 
 def _quantization(quant: Mapping[str, Any]) -> str:

@@ -7,11 +7,14 @@ The order of `RunBuilder`'s steps is the documentation (torchtune's recipes: ``_
    (`entrenar.train.setup.data`).
 2. `RunBuilder.setup_model`: seed, then the model for the config's method: base, frozen layers
    quantized, adapters (`entrenar.train.setup.model`).
-3. `RunBuilder.wrap` (optional): a wrapper around the model (DDP, FSDP2); only before the optimizer,
+3. `RunBuilder.setup_teacher` (with ``distill:``): the frozen teacher(s) and, with ``distill.hidden``, the
+   learned projections of layer-wise transfer (`entrenar.distill`); before the optimizer, which trains them.
+4. `RunBuilder.wrap` (optional): a wrapper around the model (DDP, FSDP2); only before the optimizer,
    which must hold the parameters the wrapper trains.
-4. `RunBuilder.setup_optimization`: the step plan (needs the loader), the optimizer over the trainable
-   parameters and the learning-rate schedule (`entrenar.train.setup.optimization`).
-5. `RunBuilder.build`: the precision policy and the gradient engine (it caches the parameter list, so it
+5. `RunBuilder.setup_optimization`: the step plan (needs the loader), the optimizer over the trainable
+   parameters (the model's and the loss's own) and the learning-rate schedule
+   (`entrenar.train.setup.optimization`).
+6. `RunBuilder.build`: the precision policy and the gradient engine (it caches the parameter list, so it
    comes last) and the `TrainingRun`.
 
 Calling a step before the ones it needs, or twice, raises `BuildOrderError`.
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from aprender.text import Tokenizer
@@ -31,7 +35,10 @@ from entrenar.autograd import GradientEngine, PrecisionPolicy
 from entrenar.config import TrainConfig
 from entrenar.data import DataLoader, Dataset
 from entrenar.display import Report, silent
+from entrenar.distill.hidden import HiddenTransfer, build_hidden_transfer
+from entrenar.distill.teacher import Teacher, load_teachers
 from entrenar.models import CausalLM
+from entrenar.train.distill_loss import DistillLoss
 from entrenar.train.loss import CausalLMLoss
 from entrenar.train.setup.data import load_data
 from entrenar.train.setup.model import (
@@ -70,6 +77,7 @@ class TrainingRun:
         engine: Accumulated backward, clipping, anomaly guard.
         device: Where the model is.
         plan: The run's length.
+        trainables: Parameters the loss owns and trains beside the model (distillation's projections), or None.
     """
 
     config: TrainConfig
@@ -86,6 +94,14 @@ class TrainingRun:
     engine: GradientEngine
     device: torch.device
     plan: StepPlan
+    trainables: nn.Module | None = None
+
+    def trainable_parameters(self) -> dict[str, torch.Tensor]:
+        """Every parameter that trains, by name: the model's, then the loss's own as ``trainables.<name>``."""
+        params: dict[str, torch.Tensor] = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        if self.trainables is not None:
+            params |= {f"trainables.{name}": p for name, p in self.trainables.named_parameters()}
+        return params
 
 
 class RunBuilder:
@@ -118,6 +134,8 @@ class RunBuilder:
         self.plan: StepPlan | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: LambdaLR | None = None
+        self.teachers: list[Teacher] = []
+        self.hidden: HiddenTransfer | None = None
 
     def _step(self, name: str, needs: tuple[str, ...] = (), before: tuple[str, ...] = ()) -> None:
         if name in self._done:
@@ -148,6 +166,23 @@ class RunBuilder:
         seed_everything(self.cfg.training.seed)
         self.model = build_model(self.cfg, self.model_dir, self.device, self.report)
 
+    def setup_teacher(self) -> None:
+        """The frozen teachers of ``distill:``, their vocabulary checked; layer-wise transfer's projections."""
+        self._step("setup_teacher", needs=("setup_model",), before=("setup_optimization",))
+        section = self.cfg.distill
+        assert section is not None and self.model is not None and self.tokenizer is not None
+        self.report(f"Loading teacher {', '.join(t.path for t in section.teacher_models)}...")
+        self.teachers = load_teachers(
+            section, self.tokenizer, self.model.config, device=self.device, dtype=self.cfg.model.dtype
+        )
+        for teacher in self.teachers:
+            if teacher.note is not None:
+                self.report(teacher.note)
+        if section.hidden is not None:
+            self.hidden = build_hidden_transfer(
+                section.hidden, self.model.config, [t.model.config for t in self.teachers]
+            )
+
     def wrap(self, wrapper: Callable[[CausalLM], CausalLM]) -> None:
         """Replace the model by ``wrapper(model)`` (DDP, FSDP2): after the model, before the optimizer."""
         self._step("wrap", needs=("setup_model",), before=("setup_optimization",))
@@ -159,7 +194,10 @@ class RunBuilder:
         self._step("setup_optimization", needs=("setup_data", "setup_model"))
         assert self.model is not None and self.loader is not None
         self.plan = plan_steps(self.cfg.training, len(self.loader))
-        self.optimizer = build_optimizer_for(self.cfg, self.model)
+        if self.hidden is not None:
+            self.hidden.total_steps = self.plan.total_steps
+        trained = self.model if self.hidden is None else nn.ModuleDict({"model": self.model, "hidden": self.hidden})
+        self.optimizer = build_optimizer_for(self.cfg, trained)
         self.scheduler = build_scheduler_for(self.cfg, self.optimizer, self.plan)
 
     def build(self) -> TrainingRun:
@@ -174,7 +212,7 @@ class RunBuilder:
             model_dir=self.model_dir,
             tokenizer=self.tokenizer,
             model=self.model,
-            loss=CausalLMLoss(self.model),
+            loss=self._loss(),
             train_data=self.train_data,
             val_data=self.val_data,
             loader=self.loader,
@@ -184,7 +222,14 @@ class RunBuilder:
             engine=GradientEngine(self.model, precision),
             device=self.device,
             plan=self.plan,
+            trainables=self.hidden,
         )
+
+    def _loss(self) -> CausalLMLoss:
+        assert self.model is not None
+        if self.cfg.distill is None:
+            return CausalLMLoss(self.model)
+        return DistillLoss(self.model, teachers=tuple(self.teachers), section=self.cfg.distill, hidden=self.hidden)
 
 
 def build_run(cfg: TrainConfig, *, device: torch.device | None = None, report: Report = silent) -> TrainingRun:
@@ -204,5 +249,7 @@ def build_run(cfg: TrainConfig, *, device: torch.device | None = None, report: R
     builder = RunBuilder(cfg, device=device, report=report)
     builder.setup_data()
     builder.setup_model()
+    if cfg.distill is not None:
+        builder.setup_teacher()
     builder.setup_optimization()
     return builder.build()

@@ -30,12 +30,15 @@ class EvalMetrics:
         perplexity: ``exp(loss)``.
         token_accuracy: Share of target tokens predicted exactly (greedy), in [0, 1].
         tokens: Target tokens evaluated.
+        kl_to_teacher: With a distillation loss: the mean forward KL from the teacher(s) to the model per
+            target token at temperature 1 (nats), else None.
     """
 
     loss: float
     perplexity: float
     token_accuracy: float
     tokens: int
+    kl_to_teacher: float | None = None
 
 
 @torch.no_grad()
@@ -64,16 +67,24 @@ def evaluate(
     model.eval()
     perplexity = PerplexityAccumulator()
     accuracy = TokenAccuracyAccumulator(ignore_index=loss.ignore_index)
+    kl_to_teacher = getattr(loss, "kl_to_teacher", None)  # a distillation loss compares with its teacher
+    kl_sum = 0.0
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False).batches(0):
             on_device = {name: tensor.to(device) for name, tensor in batch.items()}
             with precision.autocast():
                 summed, predictions = loss.batch_predictions(on_device)
+                if kl_to_teacher is not None:
+                    kl_sum += float(kl_to_teacher(on_device))
             perplexity.add_nll(summed, on_device["n_tokens"])
             accuracy.update(predictions, on_device["labels"])
     finally:
         model.train(was_training)
-    mean = perplexity.nll_sum / perplexity.n_tokens
+    tokens = perplexity.n_tokens
     return EvalMetrics(
-        loss=mean, perplexity=perplexity.compute(), token_accuracy=accuracy.compute(), tokens=perplexity.n_tokens
+        loss=perplexity.nll_sum / tokens,
+        perplexity=perplexity.compute(),
+        token_accuracy=accuracy.compute(),
+        tokens=tokens,
+        kl_to_teacher=None if kl_to_teacher is None else kl_sum / max(tokens, 1),
     )

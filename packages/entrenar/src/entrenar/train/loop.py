@@ -152,6 +152,7 @@ class Trainer:
         count = min(run.config.training.grad_accum, run.plan.total_micro_batches - state.micro_batches)
         batches = [self._to_device(next(self._batches())) for _ in range(count)]
         lr = float(run.optimizer.param_groups[0]["lr"])
+        run.loss.at_step(state.step)
         result = run.engine.backward(batches, run.loss.loss_step)
         clip = run.config.training.grad_clip
         outcome = run.engine.step(
@@ -248,6 +249,8 @@ class Trainer:
             "eval_token_accuracy": metrics.token_accuracy,
             "eval_tokens": metrics.tokens,
         }
+        if metrics.kl_to_teacher is not None:
+            record["eval_kl_to_teacher"] = metrics.kl_to_teacher
         state.history.append(record)
         self._emit("on_evaluate", record)
 
@@ -268,7 +271,7 @@ class Trainer:
         run = self.run
         checkpoint = Checkpoint(
             step=self.state.step,
-            weights={name: p for name, p in run.model.named_parameters() if p.requires_grad},
+            weights=run.trainable_parameters(),
             optimizer=run.optimizer.state_dict(),
             scheduler=run.scheduler.state_dict(),
             scaler=run.engine.scaler.state_dict(),
@@ -306,7 +309,7 @@ class Trainer:
         self.state, self._elapsed_before, self._stream = state, state.elapsed, None
 
     def _load_weights(self, weights: dict[str, Tensor], step: int) -> None:
-        trainable = {name: p for name, p in self.run.model.named_parameters() if p.requires_grad}
+        trainable = self.run.trainable_parameters()
         if trainable.keys() != weights.keys():
             name = sorted(trainable.keys() ^ weights.keys())[0]
             raise CheckpointError(

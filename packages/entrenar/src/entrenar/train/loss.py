@@ -107,6 +107,9 @@ class CausalLMLoss:
         assert isinstance(output, LossOutput)
         return output
 
+    def at_step(self, step: int) -> None:
+        """Called before the forward passes of optimizer step `step` (0-based); a plain loss has no schedule."""
+
     def batch_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         """The batch's loss (as `__call__`), through the model's forward."""
         return self.forward(batch).loss

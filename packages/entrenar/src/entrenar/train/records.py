@@ -49,7 +49,8 @@ class TrainRecord(TypedDict):
 
 
 class EvalRecord(TypedDict):
-    """An ``"eval"`` line: loss, perplexity and greedy token accuracy on the validation data, and its size."""
+    """An ``"eval"`` line: loss, perplexity and greedy token accuracy on the validation data, and its size;
+    with distillation also the model's mean KL to its teacher(s) per token (``eval_kl_to_teacher``)."""
 
     kind: Literal["eval"]
     step: int
@@ -58,6 +59,7 @@ class EvalRecord(TypedDict):
     eval_perplexity: float
     eval_token_accuracy: float
     eval_tokens: int
+    eval_kl_to_teacher: NotRequired[float]
 
 
 MetricRecord = TrainRecord | EvalRecord

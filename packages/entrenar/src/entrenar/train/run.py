@@ -92,12 +92,19 @@ def default_callbacks(cfg: TrainConfig, console: Console) -> list[Callback]:
 
 
 def describe_run(run: TrainingRun) -> str:
-    """One line: method, model, trainable parameters, data and the run's length."""
+    """One line: method (and teachers), model, trainable parameters, data and the run's length."""
     cfg, counts = run.config, count_parameters(run.model)
     val = "" if run.val_data is None else f", {len(run.val_data.samples)} validation samples"
+    distill = cfg.distill
+    taught = (
+        ""
+        if distill is None
+        else f" distilled from {', '.join(t.path for t in distill.teacher_models)} ({distill.loss}, "
+        f"T={distill.temperature:g}, alpha={distill.alpha:g})"
+    )
     return (
-        f"{cfg.method} fine-tune of {cfg.model.path} on {run.device.type}: {counts.trainable:,} of {counts.total:,} "
-        f"parameters train ({counts.percent:.2f}%); {len(run.train_data.samples)} training samples "
+        f"{cfg.method} fine-tune{taught} of {cfg.model.path} on {run.device.type}: {counts.trainable:,} of "
+        f"{counts.total:,} parameters train ({counts.percent:.2f}%); {len(run.train_data.samples)} training samples "
         f"({run.train_data.stats.format}){val}; {run.plan.total_steps} steps of {cfg.training.grad_accum} x "
         f"{cfg.data.batch_size} x {cfg.data.seq_len} tokens"
     )

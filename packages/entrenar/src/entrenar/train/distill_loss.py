@@ -16,63 +16,22 @@ Temperature: both distributions are softened by T and the divergence is multipli
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, cast
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from aprender.loss import TeacherHead, chunked_distillation_loss
 from entrenar.autograd import LossParts
 from entrenar.config import DistillSection
-from entrenar.distill.hidden import active_pairs, hidden_distance
+from entrenar.distill.hidden import HiddenTransfer
 from entrenar.distill.teacher import Teacher
 from entrenar.models import IGNORE_INDEX, LossOutput
 from entrenar.train.loss import CausalLMLoss
 
-__all__ = ["DistillLoss", "HiddenTransfer"]
-
-
-class HiddenTransfer(nn.Module):
-    """The layer pairs of ``distill.hidden``, their learned projections and how many pairs train now.
-
-    Args:
-        pairs: (student layer, teacher layer) pairs, bottom first.
-        projections: One module per pair mapping the student's width to the teacher's.
-        loss: ``mse`` or ``cosine``.
-        weight: The part's weight in the total.
-        schedule: ``constant`` or ``progressive``.
-        total_steps: The run's optimizer steps (stage lengths of the progressive schedule).
-    """
-
-    def __init__(
-        self,
-        pairs: Sequence[tuple[int, int]],
-        projections: Sequence[nn.Module],
-        *,
-        loss: str,
-        weight: float,
-        schedule: str,
-        total_steps: int,
-    ) -> None:
-        super().__init__()
-        self.pairs = list(pairs)
-        self.projections = nn.ModuleList(projections)
-        self.loss, self.weight, self.schedule, self.total_steps = loss, weight, schedule, total_steps
-        self.active = active_pairs(self.pairs, schedule, 0, total_steps)
-
-    def at_step(self, step: int) -> None:
-        """Set the pairs that train at optimizer step `step` (0-based)."""
-        self.active = active_pairs(self.pairs, self.schedule, step, self.total_steps)
-
-    def distance(self, student: Mapping[int, Tensor], teacher: Mapping[int, Tensor]) -> Tensor:
-        """The mean over the active pairs of the summed per-position distance."""
-        terms = [
-            hidden_distance(projection(student[s]), teacher[t], self.loss)
-            for (s, t), projection in zip(self.pairs[: self.active], self.projections, strict=False)
-        ]
-        return torch.stack(terms).sum() / len(terms)
+__all__ = ["DistillLoss"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,6 +48,11 @@ class DistillLoss(CausalLMLoss):
     teachers: tuple[Teacher, ...] = ()
     section: DistillSection | None = None
     hidden: HiddenTransfer | None = field(default=None)
+
+    def at_step(self, step: int) -> None:
+        """Layer-wise transfer's progressive schedule: the pairs that train at this step."""
+        if self.hidden is not None:
+            self.hidden.at_step(step)
 
     def loss_step(self, batch: Mapping[str, Tensor]) -> LossParts:
         """The summed total and its parts ``ce``, ``kd`` and (with ``distill.hidden``) ``hidden``."""

@@ -12,7 +12,16 @@ import pytest
 import torch
 
 from aprender.errors import InvalidArgumentError
-from aprender.loss import DIVERGENCES, Divergence, TopKTeacher, distillation_loss, topk_distillation_loss, topk_teacher
+from aprender.loss import (
+    DIVERGENCES,
+    Divergence,
+    TeacherHead,
+    TopKTeacher,
+    distillation_loss,
+    topk_distillation_loss,
+    topk_teacher,
+    topk_teacher_heads,
+)
 from fixtures.threads import torch_threads
 
 
@@ -92,7 +101,33 @@ def test_validation() -> None:
     with pytest.raises(InvalidArgumentError, match="pass integer ids"):
         topk_distillation_loss(student, cache.ids.float(), cache.logprobs, cache.tail_logmass)
     with pytest.raises(InvalidArgumentError, match=r"outside \[0, 10\)"):
-        topk_distillation_loss(student, cache.ids - 1, cache.logprobs, cache.tail_logmass)
+        topk_distillation_loss(student, cache.ids + 10, cache.logprobs, cache.tail_logmass)
     with pytest.raises(InvalidArgumentError, match="skew=2"):
         topk_distillation_loss(student, *cache, skew=2)
     assert isinstance(cache, TopKTeacher)
+
+
+def test_cache_from_teacher_heads_and_mixtures() -> None:
+    generator = torch.Generator().manual_seed(3)
+    hidden = [torch.randn(11, 6, generator=generator), torch.randn(11, 4, generator=generator)]
+    weights = [torch.randn(30, 6, generator=generator), torch.randn(30, 4, generator=generator)]
+    one = topk_teacher_heads(TeacherHead(hidden[0], weights[0]), 7, temperature=2.0, chunk_size=4)
+    expected = topk_teacher(hidden[0].double() @ weights[0].double().T, 7, temperature=2.0)
+    assert torch.equal(one.ids, expected.ids)
+    torch.testing.assert_close(one.logprobs.double(), expected.logprobs.double(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(one.tail_logmass.double(), expected.tail_logmass.double(), rtol=0, atol=1e-6)
+    heads = [TeacherHead(h, w, m) for h, w, m in zip(hidden, weights, (1.0, 3.0), strict=True)]
+    mixed = topk_teacher_heads(heads, 30, temperature=0.5, chunk_size=5)
+    probs = sum(
+        m / 4 * torch.softmax(h.double() @ w.double().T / 0.5, dim=-1)
+        for h, w, m in zip(hidden, weights, (1.0, 3.0), strict=True)
+    )
+    assert isinstance(probs, torch.Tensor)
+    expected_logprobs, expected_ids = probs.log().topk(30, dim=-1)
+    assert torch.equal(mixed.ids, expected_ids)
+    torch.testing.assert_close(mixed.logprobs.double(), expected_logprobs, rtol=0, atol=1e-5)
+    assert torch.equal(mixed.tail_logmass, torch.full((11,), -torch.inf))
+    with pytest.raises(InvalidArgumentError, match="no teacher given"):
+        topk_teacher_heads([], 3)
+    with pytest.raises(InvalidArgumentError, match=r"k=31 must be an integer in \[1, 30\]"):
+        topk_teacher_heads(heads, 31)

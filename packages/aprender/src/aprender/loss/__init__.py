@@ -5,7 +5,7 @@ Every function takes ``reduction="mean" | "sum" | "none"``; every class holds it
 `name` to the class, e.g. for a config file. `chunked_causal_lm_loss` fuses the LM head with the
 cross-entropy to train language models without materialising `(tokens, vocab)` logits;
 `chunked_distillation_loss` does the same for distillation divergences (`DIVERGENCES`) against teacher heads
-or a sparse top-k teacher cache (`topk_teacher`).
+or a sparse top-k teacher cache (`topk_teacher` from logits, `topk_teacher_heads` from teacher heads).
 
 Example:
     >>> import torch
@@ -35,7 +35,7 @@ from aprender.loss.distill import (
     distillation_loss,
     kl_distillation_loss,
 )
-from aprender.loss.distill_chunked import TeacherHead, chunked_distillation_loss
+from aprender.loss.distill_chunked import TeacherHead, chunked_distillation_loss, topk_teacher_heads
 from aprender.loss.distill_topk import TopKTeacher, topk_distillation_loss, topk_teacher
 from aprender.loss.embedding import (
     CosineEmbeddingLoss,
@@ -108,5 +108,6 @@ __all__ = [
     "shift_labels",
     "topk_distillation_loss",
     "topk_teacher",
+    "topk_teacher_heads",
     "triplet_margin_loss",
 ]

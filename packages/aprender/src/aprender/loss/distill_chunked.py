@@ -30,7 +30,13 @@ from aprender.errors import InvalidArgumentError
 from aprender.loss._chunking import add_head_grads, head_logits, new_head_grads
 from aprender.loss._common import check_chunk_size, check_reduction
 from aprender.loss.distill import Divergence, DivergenceSpec, divergence_spec
-from aprender.loss.distill_topk import TopKTeacher, check_topk_teacher, teacher_buckets, topk_buckets
+from aprender.loss.distill_topk import (
+    TopKTeacher,
+    check_topk_teacher,
+    teacher_buckets,
+    topk_buckets,
+    topk_entries,
+)
 from aprender.loss.protocol import Reduction
 
 _WHERE = "chunked_distillation_loss"
@@ -107,6 +113,49 @@ def chunked_distillation_loss(
     return result
 
 
+@torch.no_grad()
+def topk_teacher_heads(
+    teacher: TeacherHead | Sequence[TeacherHead], k: int, *, temperature: float = 1.0, chunk_size: int = 1024
+) -> TopKTeacher:
+    """`topk_teacher` of the teachers' (mixture) distribution ``Σ_i w_i·softmax(hidden_i @ weight_i.T / T)``.
+
+    What a teacher cache stores, computed from the heads `chunk_size` positions at a time, so only
+    `(chunk_size, V)` float32 buffers are made.
+
+    Args:
+        teacher: a `TeacherHead` or several (a mixture, as in `chunked_distillation_loss`), hidden `(N, H_t)`.
+        k: tokens kept per position, 1 <= k <= V.
+        temperature: T > 0.
+        chunk_size: positions per chunk, >= 1.
+
+    Returns:
+        A `TopKTeacher` with entries `(N, k)`, `(N, k)` and `(N,)`, ids by decreasing probability.
+
+    Raises:
+        InvalidArgumentError: on bad heads, k, temperature or chunk_size.
+    """
+    where = "topk_teacher_heads"
+    spec = divergence_spec(where, "forward_kl", temperature, 0.5, 0.1, True)
+    check_chunk_size(where, chunk_size)
+    heads = [teacher] if isinstance(teacher, TeacherHead) else [TeacherHead(*head) for head in teacher]
+    if not heads:
+        raise InvalidArgumentError(f"{where}: no teacher given; pass at least one TeacherHead")
+    first = heads[0]
+    positions, vocab = first.hidden.shape[0], first.weight.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+        raise InvalidArgumentError(f"{where}: k={k!r} must be an integer in [1, {vocab}] (the vocabulary size)")
+    source = _teacher_source(heads, positions, vocab, spec)
+    assert isinstance(source, _HeadMixture)
+    device = first.hidden.device
+    ids = torch.empty(positions, k, dtype=torch.long, device=device)
+    logprobs = torch.empty(positions, k, dtype=torch.float32, device=device)
+    tail = torch.empty(positions, dtype=torch.float32, device=device)
+    for start in range(0, positions, chunk_size):
+        rows = slice(start, start + chunk_size)
+        ids[rows], logprobs[rows], tail[rows] = topk_entries(source.log_probs(rows), k)
+    return TopKTeacher(ids, logprobs, tail)
+
+
 def _check_student(hidden: Tensor, weight: Tensor, labels: Tensor) -> None:
     if hidden.dim() != 2 or weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
         raise InvalidArgumentError(
@@ -140,6 +189,10 @@ class _HeadMixture:
     spec: DivergenceSpec
 
     def pair(self, rows: Tensor, log_p_student: Tensor) -> tuple[Tensor, Tensor]:
+        return log_p_student, self.log_probs(rows)
+
+    def log_probs(self, rows: Tensor | slice) -> Tensor:
+        """The mixture's float32 log-distribution at temperature T over positions `rows`, `(C, V)`."""
         mixture: Tensor | None = None
         for (hidden, weight), log_weight in zip(self.heads, self.log_weights, strict=True):
             log_p = self.spec.log_probs(head_logits(hidden[rows], weight))
@@ -147,7 +200,7 @@ class _HeadMixture:
                 log_p = log_p.add_(log_weight)
             mixture = log_p if mixture is None else torch.logaddexp(mixture, log_p)
         assert mixture is not None
-        return log_p_student, mixture
+        return mixture
 
 
 @dataclass(frozen=True)

@@ -69,11 +69,15 @@ def topk_teacher(teacher_logits: Tensor, k: int, *, temperature: float = 1.0, ch
     tail = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
     for start in range(0, flat.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
-        log_p = softened_log_probs(flat[rows], temperature)
-        logprobs[rows], ids[rows] = log_p.topk(k, dim=-1)
-        tail[rows] = torch.logsumexp(log_p.scatter_(-1, ids[rows], float("-inf")), dim=-1)
+        ids[rows], logprobs[rows], tail[rows] = topk_entries(softened_log_probs(flat[rows], temperature), k)
     positions = teacher_logits.shape[:-1]
     return TopKTeacher(ids.reshape(*positions, k), logprobs.reshape(*positions, k), tail.reshape(positions))
+
+
+def topk_entries(log_p: Tensor, k: int) -> TopKTeacher:
+    """A float32 log-distribution `(C, V)`'s k most likely ids, their log-probs and the tail's (overwrites `log_p`)."""
+    logprobs, ids = log_p.topk(k, dim=-1)
+    return TopKTeacher(ids, logprobs, torch.logsumexp(log_p.scatter_(-1, ids, float("-inf")), dim=-1))
 
 
 def topk_buckets(log_p: Tensor, ids: Tensor) -> Tensor:

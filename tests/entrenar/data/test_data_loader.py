@@ -95,6 +95,11 @@ def test_each_epoch_visits_every_sample_once(packing: bool) -> None:
         assert all(b["input_ids"].shape[1] == int(b["attention_mask"].sum(1).max()) for b in batches)
     epoch_one = list(loader.batches(1))
     assert [_first_tokens(b) for b in epoch_one] != [_first_tokens(b) for b in batches]
+    # unit_ids name each row's unit: the epoch's order, and the samples (first tokens) each row holds
+    assert torch.cat([b["unit_ids"] for b in batches]).tolist() == loader.order(0).tolist()
+    for batch in batches:
+        held = sorted(int(data.samples[i].ids[0]) for u in batch["unit_ids"].tolist() for i in data.units[u])
+        assert held == sorted(_first_tokens(batch))
 
 
 def test_unshuffled_loader_keeps_dataset_order() -> None:

@@ -12,7 +12,9 @@ Batches are dicts of int64 tensors:
   batch; right padding (pad id, label -100, mask 0);
 - packed: `input_ids`, `labels`, `position_ids`, `seq_ids`, `attention_mask`, shape (B, seq_len) (see
   `entrenar.data.packing` for the layout);
-- both: `n_tokens`, a 0-dim tensor with the number of labels that are not -100.
+- both: `n_tokens`, a 0-dim tensor with the number of labels that are not -100, and `unit_ids`, shape
+  (B,), the dataset units of the rows (`Dataset.units`: which samples each row holds, e.g. to look up a
+  teacher cache, `entrenar.distill.cache`).
 
 `labels` are already shifted: `labels[b, t]` is the token that position t must predict, the input of
 `aprender.loss.chunked_causal_lm_loss` (for a Hugging Face model, whose loss shifts itself, pass the
@@ -148,8 +150,11 @@ class DataLoader:
         data = self.dataset
         rows = [[data.samples[i] for i in data.units[unit]] for unit in units]
         if data.packing:
-            return collate_packed(rows, data.seq_len, data.pad_id)
-        return collate_padded([row[0] for row in rows], data.pad_id)
+            batch = collate_packed(rows, data.seq_len, data.pad_id)
+        else:
+            batch = collate_padded([row[0] for row in rows], data.pad_id)
+        batch["unit_ids"] = torch.from_numpy(np.asarray(units, dtype=np.int64))
+        return batch
 
     def state_dict(self) -> dict[str, int]:
         """The position of the next batch, with what `load_state_dict` checks."""

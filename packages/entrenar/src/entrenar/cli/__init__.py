@@ -13,6 +13,7 @@ import click
 
 from aprender.errors import AprenderError
 from entrenar import __version__
+from entrenar.cli.distill_cache import distill_cache_command
 from entrenar.cli.extract_lora import extract_lora_command
 from entrenar.cli.generate import generate_command
 from entrenar.cli.info import info_command
@@ -45,6 +46,7 @@ _COMMANDS: list[click.Command] = [
     info_command,
     extract_lora_command,
     merge_command,
+    distill_cache_command,
 ]
 for _command in _COMMANDS:
     cli.add_command(_command)

@@ -11,7 +11,7 @@ from entrenar.models.cache import KVCache
 from entrenar.models.config import SUPPORTED_MODEL_TYPES, ModelConfig
 from entrenar.models.head_loss import IGNORE_INDEX, LossOutput
 from entrenar.models.linear import LinearFactory, SelfInitializing, make_linear
-from entrenar.models.loading import from_pretrained, read_config, save_pretrained
+from entrenar.models.loading import from_pretrained, loaded_dtype, read_config, save_pretrained
 from entrenar.models.model import CausalLM
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "ModelConfig",
     "SelfInitializing",
     "from_pretrained",
+    "loaded_dtype",
     "make_linear",
     "read_config",
     "save_pretrained",

@@ -33,7 +33,7 @@ from entrenar.models.config import ModelConfig
 from entrenar.models.linear import LinearFactory, SelfInitializing
 from entrenar.models.model import CausalLM
 
-__all__ = ["from_pretrained", "read_config", "save_pretrained"]
+__all__ = ["from_pretrained", "loaded_dtype", "read_config", "save_pretrained"]
 
 _DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 # Data read through one open checkpoint before it is closed and reopened (see `_materialise`).
@@ -104,6 +104,21 @@ def from_pretrained(
     generation = folder / "generation_config.json"
     model.generation_config = _read_json(generation) if generation.is_file() else {}
     return model.eval()
+
+
+def loaded_dtype(path_or_repo_id: str | os.PathLike[str], dtype: str | torch.dtype = "auto") -> torch.dtype:
+    """The dtype `from_pretrained` would load a model folder in (``"auto"`` resolved), without loading it.
+
+    Args:
+        path_or_repo_id: As for `from_pretrained` (a folder, ``.gguf`` file or Hub repo id).
+        dtype: As for `from_pretrained`.
+
+    Raises:
+        InvalidArgumentError: Bad `dtype`.
+    """
+    folder = _resolve_folder(path_or_repo_id, None)
+    with open_checkpoint(folder) as reader:
+        return _resolve_dtype(dtype, read_config(folder), reader)
 
 
 def save_pretrained(

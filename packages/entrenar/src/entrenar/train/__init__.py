@@ -14,7 +14,7 @@ estimates (`meta_model`, `count_parameters`, `estimate_memory`).
 """
 
 from entrenar.errors import TrainingInterrupted
-from entrenar.train.build import BuildOrderError, RunBuilder, TrainingRun, build_run
+from entrenar.train.build import BuildOrderError, RunBuilder, TrainingRun, build_run, build_teacher_cache
 from entrenar.train.callbacks import (
     Callback,
     CheckpointSaver,
@@ -60,6 +60,7 @@ __all__ = [
     "TrainingRun",
     "build_model",
     "build_run",
+    "build_teacher_cache",
     "capture_rng_state",
     "count_parameters",
     "dry_run",

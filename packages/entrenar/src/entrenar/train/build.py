@@ -9,6 +9,7 @@ The order of `RunBuilder`'s steps is the documentation (torchtune's recipes: ``_
    quantized, adapters (`entrenar.train.setup.model`).
 3. `RunBuilder.setup_teacher` (with ``distill:``): the frozen teacher(s) and, with ``distill.hidden``, the
    learned projections of layer-wise transfer (`entrenar.distill`); before the optimizer, which trains them.
+   With ``distill.cache`` the teacher cache instead (built first when the folder is empty), and no teacher.
 4. `RunBuilder.wrap` (optional): a wrapper around the model (DDP, FSDP2); only before the optimizer,
    which must hold the parameters the wrapper trains.
 5. `RunBuilder.setup_optimization`: the step plan (needs the loader), the optimizer over the trainable
@@ -35,9 +36,11 @@ from entrenar.autograd import GradientEngine, PrecisionPolicy
 from entrenar.config import TrainConfig
 from entrenar.data import DataLoader, Dataset
 from entrenar.display import Report, silent
+from entrenar.distill.cache import TeacherCache, prepare_teacher_cache
 from entrenar.distill.hidden import HiddenTransfer, build_hidden_transfer
 from entrenar.distill.teacher import Teacher, load_teachers
-from entrenar.models import CausalLM
+from entrenar.errors import ConfigError
+from entrenar.models import CausalLM, loaded_dtype, read_config
 from entrenar.train.distill_loss import DistillLoss
 from entrenar.train.loss import CausalLMLoss
 from entrenar.train.setup.data import load_data
@@ -51,7 +54,7 @@ from entrenar.train.setup.model import (
 )
 from entrenar.train.setup.optimization import StepPlan, build_optimizer_for, build_scheduler_for, plan_steps
 
-__all__ = ["BuildOrderError", "RunBuilder", "TrainingRun", "build_run"]
+__all__ = ["BuildOrderError", "RunBuilder", "TrainingRun", "build_run", "build_teacher_cache"]
 
 
 class BuildOrderError(RuntimeError):
@@ -136,6 +139,7 @@ class RunBuilder:
         self.scheduler: LambdaLR | None = None
         self.teachers: list[Teacher] = []
         self.hidden: HiddenTransfer | None = None
+        self.teacher_cache: TeacherCache | None = None
 
     def _step(self, name: str, needs: tuple[str, ...] = (), before: tuple[str, ...] = ()) -> None:
         if name in self._done:
@@ -171,6 +175,19 @@ class RunBuilder:
         self._step("setup_teacher", needs=("setup_model",), before=("setup_optimization",))
         section = self.cfg.distill
         assert section is not None and self.model is not None and self.tokenizer is not None
+        if section.cache is not None:
+            assert self.model_dir is not None and self.train_data is not None
+            self.teacher_cache = prepare_teacher_cache(
+                self.cfg,
+                model_dir=self.model_dir,
+                tokenizer=self.tokenizer,
+                student_config=self.model.config,
+                splits={"train": self.train_data, "validation": self.val_data},
+                device=self.device,
+                precision=PrecisionPolicy.for_device(self.device, compute_dtype(self.model)),
+                report=self.report,
+            )
+            return
         self.report(f"Loading teacher {', '.join(t.path for t in section.teacher_models)}...")
         self.teachers = load_teachers(
             section, self.tokenizer, self.model.config, device=self.device, dtype=self.cfg.model.dtype
@@ -229,7 +246,13 @@ class RunBuilder:
         assert self.model is not None
         if self.cfg.distill is None:
             return CausalLMLoss(self.model)
-        return DistillLoss(self.model, teachers=tuple(self.teachers), section=self.cfg.distill, hidden=self.hidden)
+        return DistillLoss(
+            self.model,
+            teachers=tuple(self.teachers),
+            section=self.cfg.distill,
+            hidden=self.hidden,
+            cache=self.teacher_cache,
+        )
 
 
 def build_run(cfg: TrainConfig, *, device: torch.device | None = None, report: Report = silent) -> TrainingRun:
@@ -253,3 +276,40 @@ def build_run(cfg: TrainConfig, *, device: torch.device | None = None, report: R
         builder.setup_teacher()
     builder.setup_optimization()
     return builder.build()
+
+
+def build_teacher_cache(
+    cfg: TrainConfig, *, device: torch.device | None = None, report: Report = silent
+) -> TeacherCache:
+    """``entrenar distill-cache``: the run's teacher cache, built (or rebuilt when stale) without the student.
+
+    Only the student's config, tokenizer and data are read, so the teachers have the memory to themselves;
+    they run under the autocast the training run will use, so the cache equals what they compute online.
+
+    Args:
+        cfg: The validated config, with ``distill.cache``.
+        device: Where to run the teachers; None picks `select_device`.
+        report: Told where the model comes from and whether the cache was built or is up to date.
+
+    Raises:
+        ConfigError: No ``distill.cache``; the folder holds something that is not a teacher cache.
+    """
+    if cfg.distill is None:
+        raise ConfigError("the config has no distill: section; add one with a teacher and `cache: DIR`")
+    if cfg.distill.cache is None:
+        raise ConfigError("distill.cache is not set; add `cache: DIR` to distill: (or pass distill.cache=DIR)")
+    builder = RunBuilder(cfg, device=device, report=report)
+    builder.setup_data()
+    assert builder.model_dir is not None and builder.tokenizer is not None and builder.train_data is not None
+    dtype = loaded_dtype(builder.model_dir, cfg.model.dtype)
+    return prepare_teacher_cache(
+        cfg,
+        model_dir=builder.model_dir,
+        tokenizer=builder.tokenizer,
+        student_config=read_config(builder.model_dir),
+        splits={"train": builder.train_data, "validation": builder.val_data},
+        device=builder.device,
+        precision=PrecisionPolicy.for_device(builder.device, dtype),
+        rebuild=True,
+        report=report,
+    )

@@ -10,6 +10,11 @@ positions (gradient accumulation divides by the step's tokens):
   LM head's operands; the teachers run first, under ``torch.no_grad()``; several form a mixture;
 - ``hidden`` (``distill.hidden``): `entrenar.distill.hidden`'s distance between paired layers.
 
+With ``distill.cache`` no teacher runs: the teacher's top-k distribution at each labelled position comes
+from the cache (`entrenar.distill.cache`, looked up by the batch's ``unit_ids``: the training split for
+`loss_step`, the validation split for `kl_to_teacher`) and ``kd`` is the divergence over those k tokens
+plus the tail bucket.
+
 Temperature: both distributions are softened by T and the divergence is multiplied by T² (Hinton et al.
 2015, https://arxiv.org/abs/1503.02531), for every divergence, so the gradient's size does not depend on T.
 """
@@ -23,9 +28,10 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import Tensor
 
-from aprender.loss import TeacherHead, chunked_distillation_loss
+from aprender.loss import TeacherHead, TopKTeacher, chunked_distillation_loss
 from entrenar.autograd import LossParts
 from entrenar.config import DistillSection
+from entrenar.distill.cache import CacheSplit, TeacherCache
 from entrenar.distill.hidden import HiddenTransfer
 from entrenar.distill.teacher import Teacher
 from entrenar.models import IGNORE_INDEX, LossOutput
@@ -39,15 +45,17 @@ class DistillLoss(CausalLMLoss):
     """`CausalLMLoss` plus a teacher's distribution (and hidden states) as targets.
 
     Attributes:
-        teachers: The frozen teachers (mixture weights sum to 1).
+        teachers: The frozen teachers (mixture weights sum to 1); empty with `cache`.
         section: ``distill:`` (loss, temperature, alpha, beta, skew).
         hidden: Layer-wise transfer, or None.
+        cache: The teacher cache that stands in for the teachers, or None.
     """
 
     name: ClassVar[str] = "distill"
     teachers: tuple[Teacher, ...] = ()
     section: DistillSection | None = None
     hidden: HiddenTransfer | None = field(default=None)
+    cache: TeacherCache | None = None
 
     def at_step(self, step: int) -> None:
         """Layer-wise transfer's progressive schedule: the pairs that train at this step."""
@@ -57,11 +65,15 @@ class DistillLoss(CausalLMLoss):
     def loss_step(self, batch: Mapping[str, Tensor]) -> LossParts:
         """The summed total and its parts ``ce``, ``kd`` and (with ``distill.hidden``) ``hidden``."""
         section = self.section
-        assert section is not None and self.teachers
+        assert section is not None and (self.teachers or self.cache is not None)
         keep = batch["labels"] != IGNORE_INDEX
         teacher_layers = {t for _, t in self.hidden.pairs[: self.hidden.active]} if self.hidden else set()
-        heads, states = self._teacher_pass(batch, keep, teacher_layers)
-        output = self.forward_with_teacher(batch, heads)
+        if self.cache is not None:
+            teacher: list[TeacherHead] | TopKTeacher = self._cached(self.cache.train, batch)
+            states: dict[int, Tensor] = {}
+        else:
+            teacher, states = self._teacher_pass(batch, keep, teacher_layers)
+        output = self.forward_with_teacher(batch, teacher)
         assert output.kd is not None
         alpha = section.alpha
         total = (1 - alpha) * output.loss + alpha * output.kd
@@ -72,16 +84,19 @@ class DistillLoss(CausalLMLoss):
             parts["hidden"] = hidden
         return LossParts(total=total, parts=parts)
 
-    def forward_with_teacher(self, batch: Mapping[str, Tensor], heads: list[TeacherHead]) -> LossOutput:
-        """The student's forward with labels and the divergence to `heads` computed inside it."""
+    def forward_with_teacher(self, batch: Mapping[str, Tensor], teacher: list[TeacherHead] | TopKTeacher) -> LossOutput:
+        """The student's forward with labels and the divergence to the teacher's heads or cache entries inside it."""
         section = self.section
         assert section is not None
 
         def kd(x: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
+            target = teacher
+            if not isinstance(target, TopKTeacher):
+                target = [h._replace(weight=h.weight.to(x.dtype), hidden=h.hidden.to(x.dtype)) for h in target]
             return chunked_distillation_loss(
                 x,
                 weight,
-                [head._replace(weight=head.weight.to(x.dtype), hidden=head.hidden.to(x.dtype)) for head in heads],
+                target,
                 labels,
                 divergence=section.loss,  # type: ignore[arg-type]
                 temperature=section.temperature,
@@ -105,6 +120,9 @@ class DistillLoss(CausalLMLoss):
         assert isinstance(output, LossOutput)
         return output
 
+    def _cached(self, split: CacheSplit, batch: Mapping[str, Tensor]) -> TopKTeacher:
+        return split.lookup(batch["unit_ids"], batch["labels"].device)
+
     @torch.no_grad()
     def _teacher_pass(
         self, batch: Mapping[str, Tensor], keep: Tensor, layers: set[int]
@@ -121,11 +139,19 @@ class DistillLoss(CausalLMLoss):
         return heads, states
 
     def kl_to_teacher(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """The summed forward KL from the teachers to the student at T = 1 over the labelled positions (eval)."""
+        """The summed forward KL from the teachers to the student at T = 1 over the labelled positions (eval).
+
+        From a cache: over its top-k tokens and tail (stored at T = 1 for validation), a lower bound of the
+        dense KL, equal to it when k covers the vocabulary.
+        """
         keep = batch["labels"] != IGNORE_INDEX
-        heads, _ = self._teacher_pass(batch, keep, set())
+        if self.cache is not None:
+            assert self.cache.validation is not None, "evaluation runs on the validation split the cache holds"
+            teacher: list[TeacherHead] | TopKTeacher = self._cached(self.cache.validation, batch)
+        else:
+            teacher, _ = self._teacher_pass(batch, keep, set())
         plain = DistillLoss(self.model, self.chunk_size, teachers=self.teachers, section=_plain_kl(self.section))
-        output = plain.forward_with_teacher(batch, heads)
+        output = plain.forward_with_teacher(batch, teacher)
         assert output.kd is not None
         return output.kd
 

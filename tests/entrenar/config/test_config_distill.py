@@ -408,8 +408,9 @@ def test_docs_have_a_row_for_every_nested_key_and_state_the_t_squared_rule() -> 
         assert f"| `distill.teachers[i].{key}` |" in text
     assert "| `distill.teachers[i].source` |" not in text and "| `distill.source` |" not in text  # derived
     rows = {line.split(" | ")[0].strip("| `"): line for line in text.splitlines() if line.startswith("| `distill.")}
-    assert "T² for the KL-family losses, as Hinton et al." in rows["distill.temperature"]
-    assert "by T² (`temperature` squared) for the KL-family losses, as Hinton et al." in rows["distill.loss"]
+    assert "the divergence is multiplied by T²" in rows["distill.temperature"]
+    assert "Every one of them is multiplied by T² (`temperature` squared), as Hinton et al." in rows["distill.loss"]
+    assert "`entrenar distill-cache` rebuilds it" in rows["distill.cache"]
     assert "they are normalised" in rows["distill.teachers[i].weight"]
 
 

@@ -305,24 +305,30 @@ class DistillSection:
             (KL(teacher ‖ student), https://arxiv.org/abs/1503.02531), ``reverse_kl`` (KL(student ‖ teacher),
             https://arxiv.org/abs/2306.08543), ``jsd`` (generalised Jensen-Shannon, see ``beta``,
             https://arxiv.org/abs/2306.13649), ``skew_forward_kl``, ``skew_reverse_kl`` (see ``skew``,
-            https://arxiv.org/abs/2402.03898) or ``tvd`` (total variation distance). Scaled by T² (``temperature``
-            squared) for the KL-family losses, as Hinton et al.
+            https://arxiv.org/abs/2402.03898) or ``tvd`` (total variation distance). Every one of them is multiplied by
+            T² (``temperature`` squared), as Hinton et al. (https://arxiv.org/abs/1503.02531) do for KL, so the
+            gradients' size does not change with T (TRL's GKD and DistiLLM leave the divergence unscaled).
         beta: ``jsd`` only: the interpolation in [0, 1], GKD's convention: 0 is forward KL, 1 is reverse KL. null
             means 0.5 for ``jsd``.
         skew: ``skew_forward_kl`` and ``skew_reverse_kl`` only, in (0, 1): they are ``KL(t ‖ skew * t + (1 - skew)
             * s)`` and ``KL(s ‖ skew * s + (1 - skew) * t)`` for teacher and student distributions t and s. null
             means 0.1 for those two.
-        temperature: T > 0: both distributions are ``softmax(logits / T)``; T² for the KL-family losses, as
-            Hinton et al.
+        temperature: T > 0: both distributions are ``softmax(logits / T)``, and the divergence is multiplied by
+            T² (see ``loss``). Evaluation's ``eval_kl_to_teacher`` is always at T = 1.
         alpha: Weight of distillation in [0, 1]: the loss is ``alpha * kd + (1 - alpha) * cross-entropy`` on
             the data.
         hidden: ``distill.hidden`` (below): also match hidden states layer by layer; null for none. Not with
             ``cache``.
-        cache: A folder of precomputed teacher outputs (``entrenar distill-cache``), relative to the config
-            file's folder; null runs the teacher at every step. Not with ``hidden``: the cache stores output
+        cache: A folder of precomputed teacher outputs, relative to the config file's folder; null runs the
+            teacher at every step. The teacher runs once over the training and validation data
+            (``entrenar distill-cache CONFIG``, or the first ``entrenar train`` when the folder is missing or
+            empty) and training then loads no teacher. Keyed by the teachers' weights, the tokenizer, the
+            temperature, ``cache_top_k`` and the data: a cache built for anything else is refused, with what
+            differs; ``entrenar distill-cache`` rebuilds it. Not with ``hidden``: the cache stores output
             distributions only.
-        cache_top_k: ``cache`` only: the teacher's most likely tokens kept per position, >= 1; null means 64 with
-            ``cache``.
+        cache_top_k: ``cache`` only: the teacher's most likely tokens kept per position (with the remaining mass
+            as one tail bucket), from 1 to the vocabulary size (which makes the cache exact); null means 64
+            with ``cache``.
         source: Derived, not a YAML key: ``teacher``'s ``"local"`` or ``"hub"``, as ``model.source``; None with
             ``teachers``.
     """

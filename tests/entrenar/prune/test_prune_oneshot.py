@@ -216,9 +216,9 @@ def test_skip_keeps_layers_dense(tiny_checkpoints: dict[str, Path]) -> None:
     folder = tiny_checkpoints["llama"]
     model = from_pretrained(folder, dtype="float32")
     dense = model.model.layers[0].mlp.down_proj.weight.detach().clone()
-    spec = make_spec("magnitude", sparsity=0.5, skip=["*.down_proj", "model.layers.1.*"])
+    spec = make_spec("wanda", sparsity=0.5, skip=["*.down_proj", "model.layers.1.*"])
     lines: list[str] = []
-    report = prune_model(model, spec, report=lines.append)
+    report = prune_model(model, spec, _windows(folder), report=lines.append)
     assert report.skipped == ("model.layers.0.mlp.down_proj", *(f"model.layers.1.{n}" for n in _LINEARS))
     assert torch.equal(model.model.layers[0].mlp.down_proj.weight, dense)
     assert [item.module for item in report.modules] == [f"model.layers.0.{n}" for n in _LINEARS[:-1]]

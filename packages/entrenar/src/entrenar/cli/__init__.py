@@ -19,6 +19,7 @@ from entrenar.cli.generate import generate_command
 from entrenar.cli.info import info_command
 from entrenar.cli.init import init
 from entrenar.cli.merge import merge_command
+from entrenar.cli.prune import prune_command
 from entrenar.cli.publish import publish_command, push_command
 from entrenar.cli.train import train_command
 from entrenar.cli.validate import validate_command
@@ -47,6 +48,7 @@ _COMMANDS: list[click.Command] = [
     extract_lora_command,
     merge_command,
     distill_cache_command,
+    prune_command,
 ]
 for _command in _COMMANDS:
     cli.add_command(_command)

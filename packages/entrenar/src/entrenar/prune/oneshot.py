@@ -159,9 +159,11 @@ def prune_model(
     targets, skipped = target_linears(model, spec)
     modules: list[ModuleSparsity] = []
     with torch.no_grad():
-        hidden = None if windows is None else model.model.embed_tokens(windows.to(model.lm_head_weight.device))
+        hidden = None
+        if windows is not None and spec.method.needs_calibration:
+            hidden = model.model.embed_tokens(windows.to(model.model.embed_tokens.weight.device))
         for index, chosen in enumerate(targets):
-            stats = _layer_stats(model, index, chosen, hidden, spec) if spec.method.needs_calibration else {}
+            stats = {} if hidden is None else _layer_stats(model, index, chosen, hidden, spec)
             for path, linear in chosen.items():
                 _prune_linear(linear, spec, stats.get(path))
                 zeros = int((linear.weight == 0).sum())
@@ -173,10 +175,10 @@ def prune_model(
 
 
 def _layer_stats(
-    model: CausalLM, index: int, chosen: dict[str, nn.Linear], hidden: Tensor | None, spec: PruneSpec
+    model: CausalLM, index: int, chosen: dict[str, nn.Linear], hidden: Tensor, spec: PruneSpec
 ) -> dict[str, LayerStats]:
     """Input statistics of the chosen linear layers of decoder layer `index` on `hidden` (left unchanged)."""
-    if not chosen or hidden is None:
+    if not chosen:
         return {}
     layer = model.model.layers[index]
     prefix = f"model.layers.{index}."

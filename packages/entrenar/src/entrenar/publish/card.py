@@ -211,15 +211,18 @@ def render_model_card(ctx: CardContext) -> str:
     name = ctx.repo_id.split("/")[-1]
     base = f"[{ctx.base_model}](https://huggingface.co/{ctx.base_model})" if ctx.base_model else "a base model"
     what = {"model": "model", "adapter": "LoRA adapter", "gguf": "GGUF model"}[ctx.layout]
-    merge = _mapping(ctx.record.get("merge"))
-    made = (
-        f"was merged from {len(merge.get('inputs') or [])} models"
-        if merge
-        else f"was fine-tuned from {base} with {_techniques(ctx)}"
-    )
+    merge, prune = _mapping(ctx.record.get("merge")), _mapping(ctx.record.get("prune"))
+    if merge:
+        made = f"was merged from {len(merge.get('inputs') or [])} models"
+    elif prune and tuple(ctx.techniques) == ("prune",):
+        made = f"was pruned from {base}"
+    else:
+        made = f"was fine-tuned from {base} with {_techniques(ctx)}"
     sections = [f"---\n{front}---\n", f"# {name}\n", f"This {what} {made} using entrenar {__version__}.\n"]
     if merge:
         sections.append(_merge_section(merge))
+    if prune:
+        sections.append(_prune_section(prune))
     details = _training_rows(ctx)
     if details:
         sections.append("## Training details\n\n" + _table(("Setting", "Value"), details))
@@ -251,6 +254,38 @@ def _merge_section(merge: Mapping[str, Any]) -> str:
         text += f"\nPerplexity on the evaluation text:\n\n{table}"
     if merge.get("config"):
         text += f"\nConfiguration:\n\n```yaml\n{str(merge['config']).rstrip()}\n```\n"
+    return text
+
+
+def _prune_section(prune: Mapping[str, Any]) -> str:
+    """Method, sparsity or pattern, calibration, sparsity per decoder layer, perplexity before and after."""
+    title = prune.get("title", prune.get("method"))
+    method = f"[{title}]({prune['reference']})" if prune.get("reference") else str(title)
+    sparsity = prune.get("sparsity")
+    amount = (
+        f"{100 * sparsity:.4g}% unstructured sparsity" if is_number(sparsity) else f"{prune.get('pattern')} sparsity"
+    )
+    text = f"## Pruning\n\nMethod: {method}, {amount} (compared within: {prune.get('comparison_group')}).\n"
+    calibration = _mapping(prune.get("calibration"))
+    if calibration:
+        hashes = ", ".join(f"`{digest[:12]}`" for digest in _mapping(calibration.get("files")).values())
+        text += (
+            f"Calibration: {calibration.get('samples')} windows of {calibration.get('seq_len')} tokens from "
+            f"`{calibration.get('path')}` (seed {calibration.get('seed')}; sha256 {hashes}).\n"
+        )
+    if is_number(prune.get("pruned_sparsity")) and is_number(prune.get("model_sparsity")):
+        text += (
+            f"Zeros: {100 * prune['pruned_sparsity']:.2f}% of the pruned linear layers' weights, "
+            f"{100 * prune['model_sparsity']:.2f}% of all parameters (stored densely).\n"
+        )
+    layers = [item for item in prune.get("layers") or [] if isinstance(item, Mapping)]
+    if layers:
+        rows = [(str(item.get("layer")), f"{100 * float(item.get('sparsity', 0)):.2f}%") for item in layers]
+        text += "\n" + _table(("Decoder layer", "Sparsity"), rows)
+    scores = [item for item in prune.get("perplexity") or [] if isinstance(item, Mapping)]
+    if scores:
+        table = _table(("Model", "Perplexity"), [(str(item["model"]), _number(item["perplexity"])) for item in scores])
+        text += f"\nPerplexity on the evaluation text:\n\n{table}"
     return text
 
 

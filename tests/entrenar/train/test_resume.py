@@ -42,6 +42,7 @@ _CHILD = textwrap.dedent(
     from entrenar.config import load_config
     from entrenar.lora import peft_io
     from entrenar.train import Callback, run_training
+    from entrenar.train import callbacks as metrics_cb
     from entrenar.train import checkpoint as ckpt
 
     config, mode, step, marker = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
@@ -66,10 +67,25 @@ _CHILD = textwrap.dedent(
     def half_written_adapter(tensors, path, metadata=None):  # hang with the adapter's temp file half-way on disk
         atomic_write(path, lambda stream: (stream.write(b"half"), stream.flush(), hang()))
 
+    def half_written_text(real, when):  # hang inside the atomic text write `when` picks, half-way on disk
+        def write(path, text, *args, **kwargs):
+            if when(Path(path), text):
+                half = text[: len(text) // 2].encode()
+                atomic_write(path, lambda stream: (stream.write(half), stream.flush(), hang()))
+            return real(path, text, *args, **kwargs)
+
+        return write
+
     if mode == "save":
         ckpt._torch_save = save_then_hang
     if mode == "adapter":
         peft_io.save_file = half_written_adapter
+    if mode == "pointer":  # the `latest` pointer's write for the step's checkpoint
+        ckpt.atomic_write_text = half_written_text(ckpt.atomic_write_text, lambda p, t: t == f"step-{step}\\n")
+    if mode == "metrics":  # a resumed run's rewrite of metrics.jsonl (the records up to its checkpoint)
+        metrics_cb.atomic_write_text = half_written_text(
+            metrics_cb.atomic_write_text, lambda p, t: p.name == "metrics.jsonl" and bool(t)
+        )
     callbacks = [HangAfterStep()] if mode == "step" else []
     run_training(load_config(config), callbacks=callbacks, console=Console(file=sys.stderr))
     """
@@ -168,4 +184,35 @@ def test_sigkill_during_the_adapter_write_leaves_a_temp_file_the_next_run_remove
     resumed = _train(config)
     assert "(step 10)" in resumed.stdout
     assert [p.name for p in out.glob("*.tmp")] == ["notes.tmp"]  # pathlib's * matches dot files too
+    _assert_same_run(straight, out)
+
+
+def _assert_no_temp_files(out: Path) -> None:
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.tmp")] == []  # every temp file, every folder
+
+
+def test_sigkill_during_the_latest_pointer_write_then_resume_leaves_no_temp_file(
+    straight: Path, memorizable_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    config = runs.write_config(tmp_path, memorizable_checkpoints["qwen2"], **SECTIONS)
+    _kill_when_ready(tmp_path, config, "pointer", 10)
+    out = tmp_path / "out"
+    assert len(list(out.glob("checkpoints/.latest.*.tmp"))) == 1, "the kill left the pointer's temp file"
+    assert (out / "checkpoints" / "latest").read_text() == "step-5\n"  # the old pointer is intact
+    _train(config)
+    _assert_no_temp_files(out)
+    _assert_same_run(straight, out)
+
+
+def test_sigkill_during_the_metrics_rewrite_of_a_resumed_run_leaves_no_temp_file(
+    straight: Path, memorizable_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    config = runs.write_config(tmp_path, memorizable_checkpoints["qwen2"], **SECTIONS)
+    _kill_when_ready(tmp_path, config, "step", 7)
+    _kill_when_ready(tmp_path, config, "metrics", 0)  # the resumed run dies rewriting metrics.jsonl
+    out = tmp_path / "out"
+    assert len(list(out.glob(".metrics.jsonl.*.tmp"))) == 1, "the kill left the metrics' temp file"
+    resumed = _train(config)
+    assert "(step 5)" in resumed.stdout
+    _assert_no_temp_files(out)
     _assert_same_run(straight, out)

@@ -216,3 +216,45 @@ def test_sigkill_during_the_metrics_rewrite_of_a_resumed_run_leaves_no_temp_file
     assert "(step 5)" in resumed.stdout
     _assert_no_temp_files(out)
     _assert_same_run(straight, out)
+
+
+# Each variant changes what a checkpoint must restore: NF4 base + adapters (QLoRA), every weight (full), the
+# block-wise 8-bit optimizer states (adamw8bit), packed sequences (the data position counts packs).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "qlora": {"quantize": {"bits": 4}},
+    "full": {"lora": None, "optimizer": {"lr": 1.0e-3}},
+    "adamw8bit": {"optimizer": {"name": "adamw8bit"}},
+    "packing": {"data": {"packing": True, "batch_size": 1}},
+}
+
+
+def _variant_config(folder: Path, model: Path, variant: str) -> Path:
+    sections = {name: dict(values) for name, values in SECTIONS.items()}
+    for name, values in VARIANTS[variant].items():
+        sections[name] = None if values is None else sections.get(name, {}) | values
+    return runs.write_config(folder, model, **sections)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_method_resumes_bit_for_bit_after_sigkill(
+    memorizable_checkpoints: dict[str, Path], tmp_path: Path, variant: str
+) -> None:
+    """With gradient accumulation 2 and a validation split, as `SECTIONS`; weights of every kind compared."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _train(_variant_config(straight, memorizable_checkpoints["qwen2"], variant))
+    config = _variant_config(killed, memorizable_checkpoints["qwen2"], variant)
+    _kill_when_ready(killed, config, "step", 7)
+    assert "(step 5)" in _train(config).stdout
+    a, b = straight / "out", killed / "out"
+    for kind in ("train", "eval"):
+        assert _comparable(runs.read_metrics(a, kind)) == _comparable(runs.read_metrics(b, kind)), kind
+    weights = sorted(p.relative_to(a).as_posix() for p in a.rglob("*.safetensors"))
+    assert weights == sorted(p.relative_to(b).as_posix() for p in b.rglob("*.safetensors"))
+    assert any(not name.startswith("checkpoints/") for name in weights)  # the final weights are compared too
+    for name in weights:
+        left, right = load_file(a / name), load_file(b / name)
+        assert left.keys() == right.keys()
+        for key in left:
+            assert left[key].equal(right[key]), (variant, name, key)  # bit for bit
+    optimizer = "checkpoints/step-10/optimizer.pt"
+    assert (a / optimizer).read_bytes() == (b / optimizer).read_bytes()  # moments (8-bit blocks) included

@@ -229,7 +229,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def _variant_config(folder: Path, model: Path, variant: str) -> Path:
-    sections = {name: dict(values) for name, values in SECTIONS.items()}
+    sections: dict[str, Any] = {name: dict(values) for name, values in SECTIONS.items()}
     for name, values in VARIANTS[variant].items():
         sections[name] = None if values is None else sections.get(name, {}) | values
     return runs.write_config(folder, model, **sections)

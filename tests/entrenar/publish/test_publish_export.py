@@ -230,3 +230,34 @@ def test_qlora_merges_into_the_16_bit_base_never_4_bit(
     w = weights["model.layers.0.self_attn.q_proj.weight"].to(torch.bfloat16)
     expected = (w.float() + 8.0 / 4 * (b.float() @ a.float())).to(torch.bfloat16)  # alpha 8, rank 4
     torch.testing.assert_close(merged["model.layers.0.self_attn.q_proj.weight"], expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
+def test_gguf_export_carries_the_fine_tune(tmp_path: Path, lora_output: Any, gguf_type: str) -> None:
+    """Read back by our GGUF reader and by the `gguf` package: the merged model's logits, not the base's.
+
+    Tolerances: f16 rounding, and q8_0's block scales.
+    """
+    from entrenar.models import from_pretrained
+
+    exported = export_model(
+        detect_model_folder(lora_output.output), tmp_path / "stage", name="tiny", fmt="gguf", gguf_type=gguf_type
+    )
+    path = exported.folder / exported.gguf_file
+    ours = from_pretrained(path, dtype="float32")
+    with torch.no_grad():
+        read_back = {"aprender": ours(lora_output.input_ids).float()}
+    # The `gguf` package's tensors, as transformers dequantizes and un-permutes them, in a model with the base's
+    # config: transformers' GGUF loader drops llama.cpp's rope_freqs (the fixture's llama3 rope scaling).
+    dequantized = AutoModelForCausalLM.from_pretrained(exported.folder, gguf_file=exported.gguf_file)
+    theirs = AutoModelForCausalLM.from_pretrained(lora_output.base, dtype=torch.float32)
+    theirs.load_state_dict({k: v.float() for k, v in dequantized.state_dict().items()})
+    with torch.no_grad():
+        read_back["gguf"] = theirs.eval()(lora_output.input_ids).logits
+    tolerance = {"f16": 2e-2, "q8_0": 1e-1}[gguf_type]
+    change = (lora_output.merged_logits - lora_output.base_logits).abs().max().item()
+    assert change > 5 * tolerance  # the fine-tune moved the logits far more than the format's rounding
+    for reader, logits in read_back.items():
+        error = (logits - lora_output.merged_logits).abs().max().item()
+        assert error < tolerance, (reader, error, change)
+        assert (logits - lora_output.base_logits).abs().max().item() > change - tolerance, reader

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -371,3 +372,30 @@ def test_preflight_private_refuses_an_existing_public_repo(alice: Any, lora_outp
     assert preflight("alice/public").user == "alice"
     assert preflight("alice/secret", private=True).user == "alice"
     assert preflight("alice/not-yet", private=True).user == "alice"
+
+
+def _requests(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """The (method, path) of every request the local Hub served, in order, from its log."""
+    return [(str(r.args[0]), str(r.args[1])) for r in caplog.records if r.name == "aprender.hub.server" and r.args]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("kind", ["error", "cut"])
+def test_one_transient_failure_of_any_hub_call_is_retried_and_the_publish_succeeds(
+    alice: Any, lora_output: Any, kind: str, backoff_waits: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every distinct request a publish makes (preflight, repo creation, LFS, commit, ...) fails once in turn."""
+    with caplog.at_level(logging.INFO, logger="aprender.hub.server"):
+        publish(lora_output.output, "alice/clean")
+    calls: dict[tuple[str, str], None] = {}
+    for method, path in _requests(caplog):  # one pattern per kind of call: repo name and content hashes vary
+        pattern = path.split("?")[0].replace("alice/clean", "alice/blip-[0-9]+")
+        calls[method, "^" + re.sub(r"[0-9a-f]{40,64}", "[0-9a-f]+", pattern) + "$"] = None
+    assert len(calls) >= 6 and any("/commit/" in p for _, p in calls) and any("whoami" in p for _, p in calls)
+    for index, (method, pattern) in enumerate(calls):
+        fault = alice.server.faults.add(Fault(kind, path=pattern, method=method))  # type: ignore[arg-type]
+        backoff_waits.clear()
+        result = publish(lora_output.output, f"alice/blip-{index}")
+        assert fault.fired == 1, (method, pattern)
+        assert backoff_waits == [1.0], (method, pattern)  # retried once, after the first backoff
+        assert result.commit_url is not None and alice.server.store.exists(RepoId.parse(f"alice/blip-{index}"))
+        alice.server.faults.clear()

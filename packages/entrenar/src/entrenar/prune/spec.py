@@ -57,7 +57,7 @@ METHODS: dict[str, PruneMethod] = {
     for method in (
         PruneMethod("magnitude", "Magnitude", "https://arxiv.org/abs/1506.02626", False, "layer"),
         PruneMethod("wanda", "WANDA", "https://arxiv.org/abs/2306.11695", True, "output row"),
-        PruneMethod("sparsegpt", "SparseGPT", "https://arxiv.org/abs/2301.00774", True, "layer (per 128-column block)"),
+        PruneMethod("sparsegpt", "SparseGPT", "https://arxiv.org/abs/2301.00774", True, "128-column block of a layer"),
     )
 }
 """``--method`` name -> method."""

@@ -67,6 +67,39 @@ def test_qlora_adapter_holds_the_trained_tensors(trained: Callable[[str], Any]) 
         assert torch.equal(saved[key], tensor)
 
 
+def test_qlora_adapter_in_peft_on_the_dequantized_base_gives_our_logits(
+    trained: Callable[[str], Any], memorizable_checkpoints: dict[str, Path]
+) -> None:
+    # Oracle: transformers' model with every quantized linear replaced by its de-quantized NF4 weight, and PEFT's
+    # loader of our adapter files on top: what a user gets from our QLoRA output.
+    from peft import PeftModel
+
+    from entrenar.lora import LoRALinear
+
+    result = trained("qlora")
+    model = result.run.model.eval()
+    base = _hf_model(memorizable_checkpoints["llama"])
+    replaced = 0
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, LoRALinear) and hasattr(module.base_layer, "weight_dequantized"):
+                target = base.get_submodule(name)
+                dequantized = module.base_layer.weight_dequantized(torch.float32)
+                assert (dequantized - target.weight).abs().max() > 0  # NF4 rounding: not the original weight
+                target.weight.copy_(dequantized)
+                replaced += 1
+    assert replaced == 14  # every linear of the two layers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(base, result.output_dir).eval()
+    with torch.no_grad():
+        expected = peft_model(input_ids=_IDS).logits
+        ours = model(_IDS)
+    torch.testing.assert_close(ours.float(), expected, rtol=1e-4, atol=1e-4)
+    with peft_model.disable_adapter(), torch.no_grad():
+        assert (peft_model(input_ids=_IDS).logits - expected).abs().max() > 1e-2  # the adapter matters
+
+
 def test_full_model_loads_in_transformers_with_the_same_logits(trained: Callable[[str], Any]) -> None:
     result = trained("full")
     out = result.output_dir

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from entrenar.config import load_config
+from entrenar.config import TrainConfig, load_config
 from entrenar.models import read_config
 from entrenar.optim import AdamW8bit
 from entrenar.quant import Int8Linear, NF4Linear
-from entrenar.train import build_run, count_parameters, estimate_memory, meta_model
+from entrenar.train import Trainer, build_run, count_parameters, estimate_memory, meta_model
+from fixtures.memory import peak_cpu_bytes
 
 runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
 
@@ -101,3 +102,61 @@ def test_gradient_checkpointing_keeps_only_layer_inputs(tiny_checkpoints: dict[s
     assert sizes[False] == 256 * 2 * 832 * 2 + loss  # bfloat16: 2 bytes
     assert sizes[True] == 256 * (2 * 64 + 832) * 2 + loss  # each layer's input + one layer recomputed
     assert math.isclose(count_parameters(meta_model(cfg, config)).percent, 100 * 16384 / (BASE_QWEN2 + 16384))
+
+
+def _measured_peak(cfg: TrainConfig) -> int:
+    """What a real run holds at its peak: its model's tensors plus the allocator's peak over two training steps.
+
+    Loading is left out: the profiler counts safetensors' memory maps as allocations that are never resident.
+    """
+    run = build_run(cfg)
+    held = sum(t.numel() * t.element_size() for t in [*run.model.parameters(), *run.model.buffers()])
+    return held + peak_cpu_bytes(lambda: Trainer(run, callbacks=[]).fit())
+
+
+STEPS = ["training.max_steps=2", "training.eval_every=1000", "training.save_every=1000"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["lora=null"], [], ["quantize.bits=4"], ["lora=null", "optimizer.name=adamw8bit"]],
+    ids=["full", "lora", "qlora", "full-adamw8bit"],
+)
+def test_estimate_bounds_the_measured_peak_of_a_real_run(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, overrides: list[str]
+) -> None:
+    """Margin: the estimate is never below the measured peak, and at most 2.2x it on the tiny fixture (its
+    activations are mostly the loss's chunk buffers, which the estimate counts at their largest)."""
+    cfg = load_config(runs.write_config(tmp_path, tiny_checkpoints["qwen2"]), overrides + STEPS)
+    config = read_config(tiny_checkpoints["qwen2"])
+    estimate = estimate_memory(cfg, config, meta_model(cfg, config)).total
+    measured = _measured_peak(cfg)
+    print(f"tiny {overrides}: measured {measured / 2**20:.2f} MiB, estimate {estimate / 2**20:.2f} MiB")
+    assert estimate / 2.2 <= measured <= estimate, (measured, estimate)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method", [["quantize.bits=4", "lora.target_modules=all-linear"], ["lora=null"]], ids=["qlora", "full"]
+)
+def test_estimate_of_a_smollm2_run_is_within_15_percent(
+    smollm2_hf_dir: Path, tmp_path: Path, method: list[str]
+) -> None:
+    """SmolLM2-135M, batch 2 x 64 tokens: QLoRA on every linear (weights and activations weigh most) and a full
+    fine-tune (gradients and AdamW's moments: 3x the weights). Measured 0.87 and 1.09 of the estimate on 2026-12-07
+    (the full run's excess is not broken down; likely the optimizer step's temporaries, left out of the estimate)."""
+    records = [  # about 64 tokens each: full batches, as the estimate assumes
+        {
+            "prompt": f"Question {i}: what is {i} plus {i}, and why is that so for every number like {i}?\nAnswer:",
+            "completion": f" {2 * i}, because {i} and {i} make {2 * i}: adding a number to itself doubles it.",
+        }
+        for i in range(8)
+    ]
+    runs.write_jsonl(tmp_path / "train.jsonl", records)
+    overrides = [*method, "data.seq_len=64", "data.batch_size=2"]
+    cfg = load_config(runs.write_config(tmp_path, smollm2_hf_dir), overrides + STEPS)
+    config = read_config(smollm2_hf_dir)
+    estimate = estimate_memory(cfg, config, meta_model(cfg, config)).total
+    measured = _measured_peak(cfg)
+    print(f"SmolLM2 {method}: measured {measured / 2**20:.1f} MiB, estimate {estimate / 2**20:.1f} MiB")
+    assert 0.85 * estimate <= measured <= 1.15 * estimate, (measured / 2**20, estimate / 2**20)

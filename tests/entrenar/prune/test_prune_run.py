@@ -126,7 +126,7 @@ def test_folder_and_record(wanda_output: tuple[Path, str], tiny_checkpoints: dic
 def test_model_card(wanda_output: tuple[Path, str]) -> None:
     out, _ = wanda_output
     card = (out / "README.md").read_text()
-    assert "- prune\n" in card
+    assert "- prune\n" in card and "| Method | pruning |" in card
     assert "This model was pruned from a base model using entrenar" in card
     assert (
         "Method: [WANDA](https://arxiv.org/abs/2306.11695), 50% unstructured sparsity (compared within: output row)"

@@ -49,6 +49,7 @@ TECHNIQUE_NAMES = {
     "merge": "model merging",
     "distill": "knowledge distillation",
     "extract-lora": "LoRA extraction",
+    "prune": "pruning",
 }
 """How model cards name the techniques of ``final_model.json``'s ``techniques`` list; others by their own name."""
 DTYPES = ("auto", *DTYPE_NAMES)

@@ -102,3 +102,19 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     return subprocess.run(
         [*CLI, *args], capture_output=True, text=True, check=False, env=subprocess_env(), cwd=cwd, timeout=timeout
     )
+
+
+class Killed(Exception):
+    """Raised by `kill_after`: an in-process stand-in for a killed run (no checkpoint is saved on it)."""
+
+
+def kill_after(step: int) -> Any:
+    """A callback that raises `Killed` at the end of optimizer step `step`."""
+    from entrenar.train import Callback, Trainer
+
+    class KillAfter(Callback):
+        def on_step_end(self, trainer: Trainer) -> None:
+            if trainer.state.step == step:
+                raise Killed
+
+    return KillAfter()

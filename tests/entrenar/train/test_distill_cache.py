@@ -24,8 +24,8 @@ from rich.console import Console
 from aprender.format.safetensors import load_file, save_file
 from entrenar.config import load_config
 from entrenar.distill import cache as cache_module
-from entrenar.train import Callback, Trainer, build_teacher_cache, run_training
 from entrenar.train import build as build_module
+from entrenar.train import build_teacher_cache, run_training
 from fixtures.cli import run_cli
 
 runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
@@ -234,16 +234,8 @@ def test_killed_run_from_a_cache_resumes_bit_for_bit(
 
     straight = run_training(load_config(config("a"), overrides), console=_quiet()).output_dir
 
-    class Killed(Exception):
-        pass
-
-    class KillAfter(Callback):
-        def on_step_end(self, trainer: Trainer) -> None:
-            if trainer.state.step == 4:
-                raise Killed
-
-    with pytest.raises(Killed):
-        run_training(load_config(config("b"), overrides), console=_quiet(), callbacks=[KillAfter()])
+    with pytest.raises(runs.Killed):
+        run_training(load_config(config("b"), overrides), console=_quiet(), callbacks=[runs.kill_after(4)])
     _no_teacher(monkeypatch)  # the cache was built by the killed run
     resumed = run_training(load_config(config("b"), overrides), console=_quiet()).output_dir
     ours, theirs = _adapter(resumed), _adapter(straight)

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from aprender.format.safetensors import load_file
 from entrenar.config import load_config
-from entrenar.train import Callback, Trainer, run_training
+from entrenar.train import run_training
 from fixtures.cli import run_cli
 
 runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
@@ -87,17 +87,9 @@ def test_layer_wise_transfer_resumes_bit_for_bit(tiny_checkpoints: dict[str, Pat
     projections = [p for name, p in straight.run.trainable_parameters().items() if name.startswith("trainables.")]
     assert [tuple(p.shape) for p in projections] == [(96, 64), (96, 64)]  # a projection per pair, 64 -> 96
 
-    class Killed(Exception):
-        pass
-
-    class KillAfter(Callback):
-        def on_step_end(self, trainer: Trainer) -> None:
-            if trainer.state.step == 4:
-                raise Killed
-
     config = _config(tmp_path / "b", tiny_checkpoints["llama"], teacher, hidden=hidden)
-    with pytest.raises(Killed):
-        run_training(load_config(config, overrides), console=_quiet(), callbacks=[KillAfter()])
+    with pytest.raises(runs.Killed):
+        run_training(load_config(config, overrides), console=_quiet(), callbacks=[runs.kill_after(4)])
     resumed = run_training(load_config(config, overrides), console=_quiet())
     ours = load_file(resumed.output_dir / "adapter_model.safetensors")
     theirs = load_file(straight.output_dir / "adapter_model.safetensors")

@@ -169,17 +169,9 @@ def test_a_stateful_callback_survives_kill_and_resume(tiny_checkpoints: dict[str
     straight_cfg = load_config(runs.write_config(tmp_path / "straight", tiny_checkpoints["qwen2"]), overrides)
     straight = run_training(straight_cfg, console=_quiet(), callbacks=[StepCounter()])
 
-    class Killed(Exception):
-        pass
-
-    class KillAfter(Callback):
-        def on_step_end(self, trainer: Trainer) -> None:
-            if trainer.state.step == 4:  # after the step-3 checkpoint, before the next
-                raise Killed
-
     config = runs.write_config(tmp_path / "resumed", tiny_checkpoints["qwen2"])
-    with pytest.raises(Killed):
-        run_training(load_config(config, overrides), console=_quiet(), callbacks=[StepCounter(), KillAfter()])
+    with pytest.raises(runs.Killed):
+        run_training(load_config(config, overrides), console=_quiet(), callbacks=[StepCounter(), runs.kill_after(4)])
     resumed_counter = StepCounter()
     resumed = run_training(load_config(config, overrides), console=_quiet(), callbacks=[resumed_counter])
     assert int(resumed_counter.count) == 6 and resumed_counter.seen_steps == [3, 4, 5]

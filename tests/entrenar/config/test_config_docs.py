@@ -28,7 +28,7 @@ def test_every_schema_key_has_a_row() -> None:
 
 def test_sections_in_schema_order() -> None:
     sections = schema_sections()
-    assert ", ".join(sections) == "model, data, optimizer, scheduler, lora, quantize, distill, training, publish"
+    assert ", ".join(sections) == "model, data, optimizer, scheduler, lora, quantize, distill, prune, training, publish"
     assert sections["lora"] is LoraSection
 
 

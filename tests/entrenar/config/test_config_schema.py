@@ -17,6 +17,7 @@ from entrenar.config import (
     LoraSection,
     ModelSection,
     OptimizerSection,
+    PruneSection,
     PublishSection,
     QuantizeSection,
     SchedulerSection,
@@ -31,6 +32,10 @@ TEACHER = {"distill": {"teacher": "org/t"}}
 
 # (key path, value written to the YAML file, other keys the value needs, expected field value).
 # Every value differs from the key's default, so a key that is read but not stored fails its row.
+GRADUAL: dict[str, Any] = {"prune": {"sparsity": 0.5, "end_step": 8}}
+ONESHOT_CALIBRATED: dict[str, Any] = {
+    "prune": {"schedule": "oneshot", "method": "wanda", "sparsity": 0.5, "calibration": "data/val.jsonl"}
+}
 KEY_TABLE: list[tuple[str, Any, dict[str, Any], Expected]] = [
     ("model.path", "models/tiny", {}, lambda p: str(p / "models" / "tiny")),
     ("model.revision", "v1.0", {}, "v1.0"),
@@ -83,6 +88,18 @@ KEY_TABLE: list[tuple[str, Any, dict[str, Any], Expected]] = [
     ("distill.hidden", {"loss": "cosine"}, TEACHER, DistillHidden(loss="cosine")),
     ("distill.cache", "kd", TEACHER, lambda p: str(p / "kd")),
     ("distill.cache_top_k", 8, {"distill": {"teacher": "org/t", "cache": "kd"}}, 8),
+    ("prune.schedule", "oneshot", {"prune": {"sparsity": 0.5}}, "oneshot"),
+    ("prune.method", "wanda", ONESHOT_CALIBRATED, "wanda"),
+    ("prune.sparsity", 0.25, GRADUAL, 0.25),
+    ("prune.pattern", "4:8", {"prune": {"schedule": "oneshot"}}, "4:8"),
+    ("prune.initial_sparsity", 0.1, GRADUAL, 0.1),
+    ("prune.start_step", 2, GRADUAL, 2),
+    ("prune.end_step", 6, GRADUAL, 6),
+    ("prune.update_every", 2, GRADUAL, 2),
+    ("prune.calibration", "data/more.jsonl", ONESHOT_CALIBRATED, lambda p: str(p / "data" / "more.jsonl")),
+    ("prune.samples", 4, ONESHOT_CALIBRATED, 4),
+    ("prune.seq_len", 16, ONESHOT_CALIBRATED, 16),
+    ("prune.seed", 3, ONESHOT_CALIBRATED, 3),
     ("training.epochs", 1, {}, 1),
     ("training.max_steps", 50, {}, 50),
     ("training.grad_accum", 4, {}, 4),
@@ -112,6 +129,7 @@ SECTION_CLASSES = {
     "lora": LoraSection,
     "quantize": QuantizeSection,
     "distill": DistillSection,
+    "prune": PruneSection,
     "training": TrainingSection,
     "publish": PublishSection,
 }

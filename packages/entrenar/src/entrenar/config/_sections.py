@@ -29,6 +29,7 @@ from entrenar.config.schema import (
     LoraSection,
     ModelSection,
     OptimizerSection,
+    PruneSection,
     PublishSection,
     QuantizeSection,
     SchedulerSection,
@@ -298,3 +299,67 @@ def _distill_teachers(values: Values, ctx: Context) -> None:
             first = seen.setdefault((entry["path"], entry.get("revision")), i)
             if first != i:
                 ctx.report(f"{where}.path", f"{entry['path']} is already distill.teachers[{first}]; list each once")
+
+
+def build_prune(raw: object, has_quantize: bool, max_steps: int | None, ctx: Context) -> Values:
+    """``prune:``: one of sparsity and pattern; keys of the schedule and the method; the schedule fits the run."""
+    if has_quantize:
+        ctx.report(
+            "prune",
+            "cannot be used with quantize: (4-bit weights hold no exact mask); prune the base with `entrenar prune` "
+            "and train QLoRA on its output, or drop quantize: for LoRA",
+        )
+        return {}
+    values = read_section(PruneSection, raw, "prune", ctx)
+    if not isinstance(raw, dict):
+        return values  # reported: not a mapping
+    schedule = values.setdefault("schedule", PruneSection.schedule)
+    method = values.setdefault("method", PruneSection.method)
+    if values.get("sparsity") is None and values.get("pattern") is None and ctx.ok("prune.sparsity", "prune.pattern"):
+        ctx.report("prune.sparsity", "missing; set prune.sparsity (e.g. 0.5) or prune.pattern (2:4 or 4:8)")
+    if values.get("sparsity") is not None and values.get("pattern") is not None:
+        ctx.report("prune.pattern", "cannot be used with prune.sparsity; keep one of the two", "prune.sparsity")
+    for key in ("pattern", "initial_sparsity", "start_step", "end_step", "update_every"):
+        allowed = ("oneshot",) if key == "pattern" else ("gradual",)
+        _only_for(values, key, "prune", "schedule", allowed, ctx)
+    for key in ("calibration", "samples", "seq_len", "seed"):
+        _only_for(values, key, "prune", "method", ("wanda", "sparsegpt"), ctx)
+    if method != "magnitude" and ctx.ok("prune.method"):
+        if schedule == "gradual" and ctx.ok("prune.schedule"):
+            ctx.report("prune.method", f"{method} prunes once from calibration; use schedule: oneshot or magnitude")
+        if values.get("calibration") is None and ctx.ok("prune.calibration"):
+            ctx.report("prune.calibration", f"required with method {method}: a text or JSONL file to calibrate on")
+        elif values.get("calibration") is not None:
+            values["calibration"] = _data_path("prune.calibration", values["calibration"], ctx)
+        _default(values, "samples", 128)
+        _default(values, "seed", 0)
+    if schedule == "gradual" and ctx.ok("prune.schedule"):
+        _gradual(values, max_steps, ctx)
+    return values
+
+
+def _gradual(values: Values, max_steps: int | None, ctx: Context) -> None:
+    """Fill the schedule's defaults; s_i <= s_f; t0 < end <= max_steps; update steps land on ``end_step``."""
+    _default(values, "initial_sparsity", 0.0)
+    start = values["start_step"] = values.get("start_step") or 0
+    _default(values, "update_every", 1)
+    final, initial, end, every = (values.get(k) for k in ("sparsity", "initial_sparsity", "end_step", "update_every"))
+    if isinstance(final, float) and ctx.ok("prune.initial_sparsity", "prune.sparsity") and initial > final:
+        ctx.report("prune.initial_sparsity", f"{initial} is above prune.sparsity ({final}); lower it", "prune.sparsity")
+    if end is None:
+        if ctx.ok("prune"):  # after another mistake in the section, one line is enough
+            ctx.report("prune.end_step", "required with schedule gradual: the step that reaches prune.sparsity")
+        return
+    if not ctx.ok("prune.end_step", "prune.start_step", "prune.update_every"):
+        return
+    if end <= start:
+        ctx.report("prune.end_step", f"{end} must be above prune.start_step ({start})", "prune.start_step")
+    elif (end - start) % every:
+        ctx.report(
+            "prune.end_step",
+            f"end_step - start_step = {end - start} is not a multiple of prune.update_every ({every}): masks update "
+            f"at start_step + k * update_every and must land on end_step",
+            "prune.update_every",
+        )
+    elif max_steps is not None and end > max_steps:
+        ctx.report("prune.end_step", f"{end} is past training.max_steps ({max_steps}); lower it", "training.max_steps")

@@ -24,6 +24,7 @@ from entrenar.config.schema import (
     LoraSection,
     ModelSection,
     OptimizerSection,
+    PruneSection,
     PublishSection,
     QuantizeSection,
     SchedulerSection,
@@ -34,7 +35,7 @@ from entrenar.errors import ConfigError
 
 __all__ = ["MAX_REPORTED", "config_from_mapping", "load_config", "parse_yaml"]
 
-SECTIONS = ("model", "data", "optimizer", "scheduler", "lora", "quantize", "distill", "training", "publish")
+SECTIONS = ("model", "data", "optimizer", "scheduler", "lora", "quantize", "distill", "prune", "training", "publish")
 _REQUIRED = ("model", "data")
 MAX_REPORTED = 20  # problems listed in one error; the rest are counted
 
@@ -141,6 +142,9 @@ def _build(data: dict[Any, Any], ctx: Context) -> TrainConfig | None:
     optimizer = sections.build_optimizer(data.get("optimizer"), has_lora, ctx)
     scheduler = sections.build_scheduler(data.get("scheduler"), training.get("max_steps"), ctx)
     distill = sections.build_distill(data["distill"], ctx) if data.get("distill") is not None else None
+    prune = None
+    if data.get("prune") is not None:
+        prune = sections.build_prune(data["prune"], data.get("quantize") is not None, training.get("max_steps"), ctx)
     publish = sections.build_publish(data["publish"], has_lora, ctx) if data.get("publish") is not None else None
     if ctx.problems:
         return None
@@ -152,6 +156,7 @@ def _build(data: dict[Any, Any], ctx: Context) -> TrainConfig | None:
         lora=LoraSection(**lora) if lora is not None else None,
         quantize=QuantizeSection(**quantize) if quantize is not None else None,
         distill=make_section(DistillSection, distill) if distill is not None else None,
+        prune=PruneSection(**prune) if prune is not None else None,
         training=TrainingSection(**training),
         publish=PublishSection(**publish) if publish is not None else None,
     )

@@ -10,8 +10,8 @@ The training method is derived, not written: no ``lora`` section means a full fi
 alone means LoRA, ``lora`` plus ``quantize`` means QLoRA (see `TrainConfig.method`). A separate
 ``method`` key could only repeat (or contradict) what the sections already say.
 
-A ``distill:`` section adds knowledge distillation to any method; `TrainConfig.techniques` lists what a
-run applies (``["qlora", "distill"]``).
+A ``distill:`` section adds knowledge distillation to any method, a ``prune:`` section pruning (LoRA and full
+fine-tunes); `TrainConfig.techniques` lists what a run applies (``["lora", "distill", "prune"]``).
 
 A ``null`` section (``lora:`` with nothing under it) is the same as no section; ``lora: {}`` turns
 LoRA on with every default. Nested sections (``distill.hidden``, the entries of ``distill.teachers``)
@@ -37,6 +37,8 @@ from entrenar.constants import (
     QUANT_TYPES,
     TRAIN_ON,
 )
+from entrenar.prune.spec import METHODS as PRUNE_METHODS
+from entrenar.prune.spec import PATTERNS as PRUNE_PATTERNS
 
 __all__ = [
     "DATA_FORMATS",
@@ -55,6 +57,7 @@ __all__ = [
     "LoraSection",
     "ModelSection",
     "OptimizerSection",
+    "PruneSection",
     "PublishSection",
     "QuantizeSection",
     "SchedulerSection",
@@ -70,6 +73,7 @@ DECAYING_SCHEDULERS = ("linear", "cosine")
 QUANT_BITS = (4, 8)
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts more
 SKEW_LOSSES = ("skew_forward_kl", "skew_reverse_kl")
+PRUNE_SCHEDULES = ("gradual", "oneshot")
 
 
 @dataclass(frozen=True)
@@ -358,6 +362,50 @@ class DistillSection:
 
 
 @dataclass(frozen=True)
+class PruneSection:
+    """``prune:`` prune the decoder layers' linear weights while training (full fine-tune: the trained weights; LoRA:
+    the frozen base, re-masked after merging when publishing). Not with ``quantize:``: prune the base first with
+    ``entrenar prune`` and train QLoRA on its output.
+
+    Attributes:
+        schedule: ``gradual``: Zhu & Gupta's cubic schedule (https://arxiv.org/abs/1710.01878): after optimizer step
+            t = ``start_step + k * update_every`` (k = 0, 1, ... up to ``end_step``; step 0 is before the first step)
+            each layer's mask is recomputed by weight magnitude at sparsity
+            ``s_t = sparsity + (initial_sparsity - sparsity) * (1 - (t - start_step) / (end_step - start_step))^3``;
+            between updates and after ``end_step`` the mask is fixed. ``oneshot``: prune once before the first step
+            (as ``entrenar prune`` does), mask fixed. Either way the masks are applied after every optimizer step, so
+            pruned weights stay exactly zero, and checkpoints save them.
+        method: ``magnitude``, or with ``oneshot`` only ``wanda`` or ``sparsegpt`` (which need ``calibration``).
+        sparsity: The final fraction of each linear layer's weights that is zero, in [0, 1). Exactly one of
+            ``sparsity`` and ``pattern``.
+        pattern: ``oneshot`` only: ``2:4`` or ``4:8`` (keep N of every M consecutive input weights).
+        initial_sparsity: ``gradual`` only: s_i, the sparsity of the first update, in [0, ``sparsity``]; null: 0.
+        start_step: ``gradual`` only: t0, the first update, >= 0; null: 0.
+        end_step: ``gradual`` only (and required there): the update that reaches ``sparsity``, > ``start_step``, at
+            most ``training.max_steps``; ``end_step - start_step`` must be a multiple of ``update_every``.
+        update_every: ``gradual`` only: Δt, optimizer steps between mask updates, >= 1; null: 1.
+        calibration: ``wanda``/``sparsegpt`` only (and required there): calibration text, read as ``entrenar prune
+            --calibration`` reads it (relative to the config file's folder).
+        samples: With ``calibration``: windows drawn, >= 1; null: 128.
+        seq_len: With ``calibration``: tokens per window, >= 2; null: ``data.seq_len``.
+        seed: With ``calibration``: seed of the window draw, >= 0; null: 0.
+    """
+
+    schedule: str = _key("gradual", kind="str", choices=PRUNE_SCHEDULES)
+    method: str = _key("magnitude", kind="str", choices=tuple(PRUNE_METHODS))
+    sparsity: float | None = _key(None, kind="float", low=0.0, high=1.0, high_open=True, nullable=True)
+    pattern: str | None = _key(None, kind="str", choices=tuple(PRUNE_PATTERNS), nullable=True)
+    initial_sparsity: float | None = _key(None, kind="float", low=0.0, high=1.0, high_open=True, nullable=True)
+    start_step: int | None = _key(None, kind="int", low=0, nullable=True)
+    end_step: int | None = _key(None, kind="int", low=1, nullable=True)
+    update_every: int | None = _key(None, kind="int", low=1, nullable=True)
+    calibration: str | None = _key(None, kind="str", nullable=True)
+    samples: int | None = _key(None, kind="int", low=1, nullable=True)
+    seq_len: int | None = _key(None, kind="int", low=2, nullable=True)
+    seed: int | None = _key(None, kind="int", low=0, high=MAX_SEED, nullable=True)
+
+
+@dataclass(frozen=True)
 class TrainingSection:
     """``training:`` the loop.
 
@@ -427,6 +475,7 @@ class TrainConfig:
         lora: `LoraSection`, or None for a full fine-tune.
         quantize: `QuantizeSection` (needs ``lora``), or None.
         distill: `DistillSection`, or None for no distillation.
+        prune: `PruneSection`, or None for no pruning.
         training: `TrainingSection`.
         publish: `PublishSection`, or None to skip publishing.
 
@@ -443,6 +492,7 @@ class TrainConfig:
     lora: LoraSection | None = None
     quantize: QuantizeSection | None = None
     distill: DistillSection | None = None
+    prune: PruneSection | None = None
     training: TrainingSection = field(default_factory=TrainingSection)
     publish: PublishSection | None = None
 
@@ -455,8 +505,9 @@ class TrainConfig:
 
     @property
     def techniques(self) -> tuple[str, ...]:
-        """What the run applies, in ``final_model.json`` order: `method`, then ``"distill"`` with a distill section."""
-        return (self.method, *(("distill",) if self.distill is not None else ()))
+        """What the run applies, in ``final_model.json`` order: `method`, then ``distill`` and ``prune`` when set."""
+        extra = (name for name in ("distill", "prune") if getattr(self, name) is not None)
+        return (self.method, *extra)
 
     @classmethod
     def from_dict(cls, data: object, *, source: str = "<dict>", base_dir: str | None = None) -> TrainConfig:

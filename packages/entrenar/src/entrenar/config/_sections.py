@@ -344,7 +344,7 @@ def _gradual(values: Values, max_steps: int | None, ctx: Context) -> None:
     start = values["start_step"] = values.get("start_step") or 0
     _default(values, "update_every", 1)
     final, initial, end, every = (values.get(k) for k in ("sparsity", "initial_sparsity", "end_step", "update_every"))
-    if isinstance(final, float) and ctx.ok("prune.initial_sparsity", "prune.sparsity") and initial > final:
+    if isinstance(final, float) and isinstance(initial, float) and initial > final and ctx.ok("prune.sparsity"):
         ctx.report("prune.initial_sparsity", f"{initial} is above prune.sparsity ({final}); lower it", "prune.sparsity")
     if end is None:
         if ctx.ok("prune"):  # after another mistake in the section, one line is enough

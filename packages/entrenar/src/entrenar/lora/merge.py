@@ -86,8 +86,13 @@ def merge_adapter_into_checkpoint(
     out_dir: str | os.PathLike[str],
     *,
     max_shard_size: int | str = "5GB",
+    masks: dict[str, Tensor] | None = None,
 ) -> list[Path]:
     """Write base + adapter as a plain Hugging Face checkpoint, merging and writing tensor by tensor.
+
+    With `masks` (a pruned base, ``entrenar.train.pruning``) each masked base tensor is masked before the merge,
+    so the adapter is folded into the weight it was trained on, and the merged tensor is masked again, so the
+    published model keeps the sparsity (the update ``scaling * B @ A`` is dropped where the mask is False).
 
     The weights are streamed through a `CheckpointWriter`: a failure leaves `out_dir`'s previous weights as they were.
 
@@ -97,6 +102,7 @@ def merge_adapter_into_checkpoint(
         out_dir: Output folder (created; must not be `base_dir`). Gets the merged weights and the base's
             config, generation config and tokenizer files (`COPIED_FILES` that exist).
         max_shard_size: Largest output shard, bytes or a string such as ``"5GB"``.
+        masks: Checkpoint key -> boolean keep-mask of the base's shape; None: no masking.
 
     Returns:
         The files written: weights (and index), then the copied files.
@@ -115,9 +121,14 @@ def merge_adapter_into_checkpoint(
         with CheckpointWriter(out, max_shard_size=max_shard_size) as writer:
             for name in list(reader.keys()):
                 tensor = reader.get_tensor(name)
+                mask = None if masks is None else masks.get(name)
+                if mask is not None:
+                    tensor = tensor.masked_fill(~mask, 0)
                 path = targets.get(name)
                 if path is not None:
                     tensor = merge_weight(tensor, adapters.pop(path), config.for_module(path))
+                    if mask is not None:
+                        tensor = tensor.masked_fill(~mask, 0)
                 writer.save_tensor(name, tensor)
             written = writer.finalize()
     for name in COPIED_FILES:

@@ -278,6 +278,19 @@ def _prune_section(prune: Mapping[str, Any]) -> str:
             f"Zeros: {100 * prune['pruned_sparsity']:.2f}% of the pruned linear layers' weights, "
             f"{100 * prune['model_sparsity']:.2f}% of all parameters (stored densely).\n"
         )
+    if prune.get("schedule") == "gradual":
+        text += (
+            f"Schedule: gradual (cubic, Zhu & Gupta 2017) from {prune.get('initial_sparsity')} at step "
+            f"{prune.get('start_step')} to {prune.get('sparsity')} at step {prune.get('end_step')}, masks "
+            f"updated every {prune.get('update_every')} steps.\n"
+        )
+    remask = _mapping(prune.get("remask"))
+    if remask:
+        text += (
+            "The adapter was trained on the pruned base; the merged weights were masked again, so this model keeps "
+            f"the sparsity. Re-masking zeroed {remask.get('remasked_weights')} merged weights and changed the logits "
+            f"by at most {_number(remask.get('max_abs_logit_change'))} on {remask.get('input')}.\n"
+        )
     layers = [item for item in prune.get("layers") or [] if isinstance(item, Mapping)]
     if layers:
         rows = [(str(item.get("layer")), f"{100 * float(item.get('sparsity', 0)):.2f}%") for item in layers]

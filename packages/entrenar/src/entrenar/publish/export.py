@@ -15,6 +15,11 @@ Three layouts come out (DESIGN.md section 5):
   config's ``base_model_name_or_path`` is rewritten to it (and its ``revision`` cleared).
 - ``gguf``: one ``<name>-<TYPE>.gguf`` file from the merged model (`aprender.format.gguf_export`).
 
+An adapter trained on a pruned base (``prune:``; ``final_model.json``'s ``prune.masks`` names its masks file)
+is merged into the masked base and the merged weights are masked again, so the published model keeps the
+configured sparsity; `remask_change` measures what the re-masking changed in the logits
+(``ExportedModel.remask``, shown on the model card).
+
 Tokenizer files and ``generation_config.json`` of the training output win over the base model's: the
 run may have changed the chat template. The base model is a local folder, a ``.gguf`` file (converted
 once into a cached folder) or a Hub id, downloaded into the standard HF cache, classified and fetched by
@@ -32,6 +37,11 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
 
 from aprender.atomic import atomic_write_json
 from aprender.constants import (
@@ -57,7 +67,7 @@ from entrenar.lora.merge import merge_adapter_into_checkpoint
 from entrenar.publish.card import Layout
 from entrenar.publish.detect import ModelFolder
 
-__all__ = ["ExportedModel", "export_model", "plan_layout", "resolve_base_model"]
+__all__ = ["ExportedModel", "export_model", "plan_layout", "remask_change", "resolve_base_model"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -72,6 +82,8 @@ class ExportedModel:
         files: Paths written, relative to `folder`.
         base_dir: The base model folder used (merged into, or found locally), or None.
         gguf_file: Name of the GGUF file (``layout="gguf"`` only).
+        remask: For a merged adapter on a pruned base: the max abs logit change re-masking made on a fixed
+            input, the input, and how many merged weights it set to zero; else None.
     """
 
     folder: Path
@@ -79,6 +91,7 @@ class ExportedModel:
     files: list[str]
     base_dir: Path | None = None
     gguf_file: str | None = None
+    remask: dict[str, Any] | None = None
 
 
 @contextlib.contextmanager
@@ -216,32 +229,88 @@ def export_model(
         report("Merging LoRA adapters with base model...")
     if layout == "model":
         report("Exporting as SafeTensors...")  # a merge writes the exported shards as it goes
-        base_dir = _write_model(model, out, base_model, offline, max_shard_size)
-        return ExportedModel(out, layout, _listing(out), base_dir)
+        base_dir, remask = _write_model(model, out, base_model, offline, max_shard_size, report)
+        return ExportedModel(out, layout, _listing(out), base_dir, remask=remask)
     gguf_name = f"{name}-{gguf_type.upper()}.gguf"
     with tempfile.TemporaryDirectory(prefix="entrenar-gguf-") as work:
-        base_dir = _write_model(model, Path(work), base_model, offline, max_shard_size)
+        base_dir, remask = _write_model(model, Path(work), base_model, offline, max_shard_size, report)
         report(f"Exporting as GGUF ({gguf_type.upper()}): {gguf_name}...")
         export_gguf(work, out / gguf_name, gguf_type=gguf_type, name=name)
-    return ExportedModel(out, layout, _listing(out), base_dir, gguf_name)
+    return ExportedModel(out, layout, _listing(out), base_dir, gguf_name, remask)
 
 
 def _write_model(
-    model: ModelFolder, out: Path, base_model: str | None, offline: bool, max_shard_size: int | str
-) -> Path | None:
-    """Write the Hugging Face layout into `out`; return the base folder (merged into, or found locally)."""
+    model: ModelFolder, out: Path, base_model: str | None, offline: bool, max_shard_size: int | str, report: Report
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """Write the Hugging Face layout into `out`; return the base folder (merged into, or found locally) and, for a
+    pruned base, what re-masking changed (`remask_change`)."""
     if model.kind == "full":
         for name in [*_weight_files(model.path), *COPIED_FILES]:
             if (model.path / name).is_file():
                 shutil.copyfile(model.path / name, out / name)
-        return _local_base(model, base_model)
+        return _local_base(model, base_model), None
     reference, revision = _base_reference(model, base_model)
     base_dir = resolve_base_model(reference, revision, offline=offline)
-    merge_adapter_into_checkpoint(base_dir, model.path, out, max_shard_size=max_shard_size)
+    masks = _prune_masks(model)
+    merge_adapter_into_checkpoint(base_dir, model.path, out, max_shard_size=max_shard_size, masks=masks)
     for name in (GENERATION_CONFIG_NAME, *TOKENIZER_FILES):
         if (model.path / name).is_file():
             shutil.copyfile(model.path / name, out / name)
-    return base_dir
+    if masks is None:
+        return base_dir, None
+    report("Re-masking the merged weights of the pruned base...")
+    return base_dir, remask_change(out, base_dir, model.path, masks)
+
+
+def _prune_masks(model: ModelFolder) -> dict[str, Tensor] | None:
+    """The masks of an adapter trained on a pruned base (``prune.masks`` of its record), or None."""
+    prune = model.record.get("prune")
+    name = prune.get("masks") if isinstance(prune, dict) else None
+    if not name:
+        return None
+    if not (model.path / name).is_file():
+        raise PublishError(f"{model.path}: final_model.json names pruning masks {name} that are missing; restore it")
+    return load_file(model.path / name)
+
+
+REMASK_INPUT = 16
+"""The fixed input of `remask_change`: token ids 0, 1, ..., 15 (one sequence)."""
+
+
+@torch.no_grad()
+def remask_change(merged_dir: Path, base_dir: Path, adapter_dir: Path, masks: dict[str, Tensor]) -> dict[str, Any]:
+    """Max abs logit change re-masking made: the re-masked merged model against base-masked + adapter (what trained).
+
+    The merged model is loaded once in float32; each adapted, masked weight is swapped for its merge without the
+    final mask (re-read from the base, one tensor at a time) for the second forward pass.
+
+    Returns:
+        ``max_abs_logit_change``, ``input`` (in words) and ``remasked_weights`` (merged weights re-masking zeroed).
+    """
+    from aprender.format.safetensors import open_checkpoint
+    from entrenar.lora.merge import merge_weight
+    from entrenar.lora.peft_io import read_adapter_config, read_adapter_weights
+    from entrenar.models import from_pretrained
+
+    model = from_pretrained(merged_dir, dtype="float32", device=torch.device("cpu")).eval()
+    ids = torch.arange(REMASK_INPUT).remainder(model.config.vocab_size)[None]
+    remasked = model(ids)
+    config, adapters, changed = read_adapter_config(adapter_dir).lora, read_adapter_weights(adapter_dir), 0
+    with open_checkpoint(base_dir) as reader:
+        for key, mask in masks.items():
+            tensors = adapters.get(key.removesuffix(".weight"))
+            if tensors is None:
+                continue  # no adapter on this weight: the merge is the masked base, re-masking changes nothing
+            base = reader.get_tensor(key).masked_fill(~mask, 0)
+            unmasked = merge_weight(base, tensors, config.for_module(key.removesuffix(".weight")))
+            changed += int((unmasked[~mask] != 0).sum())
+            model.get_parameter(key).copy_(unmasked.float())
+    trained = model(ids)
+    return {
+        "max_abs_logit_change": float((remasked - trained).abs().max()),
+        "input": f"token ids 0-{REMASK_INPUT - 1}",
+        "remasked_weights": changed,
+    }
 
 
 def _base_reference(model: ModelFolder, base_model: str | None) -> tuple[str, str | None]:

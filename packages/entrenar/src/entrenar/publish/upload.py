@@ -298,6 +298,13 @@ def _files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix())
 
 
+def _with_remask(record: dict[str, Any], remask: dict[str, Any] | None) -> dict[str, Any]:
+    """The record with what re-masking the merged weights changed under ``prune.remask`` (for the card)."""
+    if remask is None:
+        return record
+    return {**record, "prune": {**record["prune"], "remask": remask}}
+
+
 def _write_card(model: ModelFolder, exported: ExportedModel, repo: str, base_model: str | None) -> None:
     base_id = next((ref for ref in (base_model, model.base_model) if ref and looks_like_repo_id(ref)), None)
     if base_id is None and (base_model or model.base_model):
@@ -316,7 +323,7 @@ def _write_card(model: ModelFolder, exported: ExportedModel, repo: str, base_mod
         base_model=base_id,
         license=base_license(exported.base_dir),
         datasets=hub_dataset_ids(model.record),
-        record=model.record,
+        record=_with_remask(model.record, exported.remask),
         gguf_file=exported.gguf_file,
         chat=chat,
     )

@@ -10,12 +10,14 @@ The order of `RunBuilder`'s steps is the documentation (torchtune's recipes: ``_
 3. `RunBuilder.setup_teacher` (with ``distill:``): the frozen teacher(s) and, with ``distill.hidden``, the
    learned projections of layer-wise transfer (`entrenar.distill`); before the optimizer, which trains them.
    With ``distill.cache`` the teacher cache instead (built first when the folder is empty), and no teacher.
-4. `RunBuilder.wrap` (optional): a wrapper around the model (DDP, FSDP2); only before the optimizer,
+4. `RunBuilder.setup_prune` (with ``prune:``): the masking callback; ``schedule: oneshot`` prunes the model
+   here (`entrenar.train.pruning`), before the wrapper and the optimizer.
+5. `RunBuilder.wrap` (optional): a wrapper around the model (DDP, FSDP2); only before the optimizer,
    which must hold the parameters the wrapper trains.
-5. `RunBuilder.setup_optimization`: the step plan (needs the loader), the optimizer over the trainable
+6. `RunBuilder.setup_optimization`: the step plan (needs the loader), the optimizer over the trainable
    parameters (the model's and the loss's own) and the learning-rate schedule
    (`entrenar.train.setup.optimization`).
-6. `RunBuilder.build`: the precision policy and the gradient engine (it caches the parameter list, so it
+7. `RunBuilder.build`: the precision policy and the gradient engine (it caches the parameter list, so it
    comes last) and the `TrainingRun`.
 
 Calling a step before the ones it needs, or twice, raises `BuildOrderError`.
@@ -26,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +46,7 @@ from entrenar.errors import ConfigError
 from entrenar.models import CausalLM, loaded_dtype, read_config
 from entrenar.train.distill_loss import DistillLoss
 from entrenar.train.loss import CausalLMLoss
+from entrenar.train.pruning import PruneMasks, prepare_pruning
 from entrenar.train.setup.data import load_data
 from entrenar.train.setup.model import (
     build_model,
@@ -81,6 +85,8 @@ class TrainingRun:
         device: Where the model is.
         plan: The run's length.
         trainables: Parameters the loss owns and trains beside the model (distillation's projections), or None.
+        pruning: The ``prune:`` masks (a callback every `Trainer` of the run calls first), or None.
+        calibration: The one-shot pruning's calibration record, or None.
     """
 
     config: TrainConfig
@@ -98,6 +104,8 @@ class TrainingRun:
     device: torch.device
     plan: StepPlan
     trainables: nn.Module | None = None
+    pruning: PruneMasks | None = None
+    calibration: dict[str, Any] | None = None
 
     def trainable_parameters(self) -> dict[str, torch.Tensor]:
         """Every parameter that trains, by name: the model's, then the loss's own as ``trainables.<name>``."""
@@ -140,6 +148,8 @@ class RunBuilder:
         self.teachers: list[Teacher] = []
         self.hidden: HiddenTransfer | None = None
         self.teacher_cache: TeacherCache | None = None
+        self.pruning: PruneMasks | None = None
+        self.calibration: dict[str, Any] | None = None
 
     def _step(self, name: str, needs: tuple[str, ...] = (), before: tuple[str, ...] = ()) -> None:
         if name in self._done:
@@ -200,6 +210,12 @@ class RunBuilder:
                 section.hidden, self.model.config, [t.model.config for t in self.teachers]
             )
 
+    def setup_prune(self) -> None:
+        """The ``prune:`` masks; a one-shot schedule prunes the model now (before the wrapper and the optimizer)."""
+        self._step("setup_prune", needs=("setup_model",), before=("wrap", "setup_optimization"))
+        assert self.model is not None and self.tokenizer is not None
+        self.pruning, self.calibration = prepare_pruning(self.cfg, self.model, self.tokenizer, self.report)
+
     def wrap(self, wrapper: Callable[[CausalLM], CausalLM]) -> None:
         """Replace the model by ``wrapper(model)`` (DDP, FSDP2): after the model, before the optimizer."""
         self._step("wrap", needs=("setup_model",), before=("setup_optimization",))
@@ -240,6 +256,8 @@ class RunBuilder:
             device=self.device,
             plan=self.plan,
             trainables=self.hidden,
+            pruning=self.pruning,
+            calibration=self.calibration,
         )
 
     def _loss(self) -> CausalLMLoss:
@@ -274,6 +292,8 @@ def build_run(cfg: TrainConfig, *, device: torch.device | None = None, report: R
     builder.setup_model()
     if cfg.distill is not None:
         builder.setup_teacher()
+    if cfg.prune is not None:
+        builder.setup_prune()
     builder.setup_optimization()
     return builder.build()
 

@@ -14,7 +14,10 @@ Files written by `write_outputs` (each atomically):
   ``epochs``, ``tokens`` {``input``, ``target``}, ``loss`` {``final_train``, ``best_train``,
   ``final_eval``, ``best_eval``, ``best_eval_step``}, ``eval`` (the last evaluation record or null),
   ``stop_reason`` (``completed`` or ``early_stopping``), ``parameters`` {``trainable``, ``total``},
-  ``wall_time_s``, ``data_files`` {path: sha256}, ``packages`` {name: version}, ``created_at`` (UTC, ISO 8601).
+  ``wall_time_s``, ``data_files`` {path: sha256}, ``packages`` {name: version}, ``created_at`` (UTC, ISO 8601);
+with ``prune:`` a ``prune`` section (`entrenar.train.pruning.prune_record`: schedule, method, the zeros of each
+pruned layer) and, for an adapter, the masks in ``prune_masks.safetensors``, which publishing re-applies to
+the merged weights.
 
 ``metrics.jsonl`` and ``config.yaml`` are written while training (`entrenar.train.callbacks`,
 `entrenar.config.write_resolved_config`).
@@ -29,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save
 
-from aprender.atomic import atomic_write_json
+from aprender.atomic import atomic_write, atomic_write_json
 from aprender.constants import GENERATION_CONFIG_NAME
 from entrenar.config import TrainConfig, config_to_dict
 from entrenar.constants import FINAL_MODEL_NAME
@@ -40,6 +44,7 @@ from entrenar.models import CausalLM, save_pretrained
 from entrenar.train.build import TrainingRun
 from entrenar.train.checkpoint import file_sha256
 from entrenar.train.estimate import count_parameters
+from entrenar.train.pruning import MASKS_NAME, prune_record
 from entrenar.train.setup.model import compute_dtype, lora_config_of
 from entrenar.train.state import TrainState
 
@@ -114,6 +119,10 @@ def write_model_files(run: TrainingRun, out_dir: str | Path) -> list[Path]:
         )
         atomic_write_json(out / GENERATION_CONFIG_NAME, _generation_config(model))
         written.append(out / GENERATION_CONFIG_NAME)
+        if run.pruning is not None:
+            masks = {name: mask.contiguous().cpu() for name, mask in run.pruning.masks.items()}
+            atomic_write(out / MASKS_NAME, lambda stream: stream.write(save(masks)))
+            written.append(out / MASKS_NAME)
     written.extend(run.tokenizer.save(out))
     return written
 
@@ -147,6 +156,9 @@ def final_model_summary(run: TrainingRun, state: TrainState) -> dict[str, Any]:
     cfg = run.config
     counts = count_parameters(run.model)
     last_eval = state.last_eval()
+    pruned = {}
+    if run.pruning is not None:
+        pruned = {"prune": prune_record(run.pruning, run.model, run.calibration, adapter=cfg.lora is not None)}
     return {
         "base_model": {
             "path": cfg.model.path,
@@ -168,6 +180,7 @@ def final_model_summary(run: TrainingRun, state: TrainState) -> dict[str, Any]:
         "data_files": data_file_hashes(run),
         "packages": package_versions(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **pruned,
     }
 
 

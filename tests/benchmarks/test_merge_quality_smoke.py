@@ -8,35 +8,15 @@ for five steps each on the tiny Llama (standing in for SmolLM2), folds them, mer
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from fixtures.threads import torch_threads
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "merge_quality.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("merge_quality_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_cpu() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+SCRIPT = "merge_quality.py"  # under benchmarks/, imported by the `bench` fixture (conftest.py)
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def test_data_sets_split_the_phrasings(bench: ModuleType, tmp_path: Path) -> None:
@@ -101,7 +81,7 @@ def test_main_trains_merges_and_scores(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as when run as a script: forward_backward is beside it
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: forward_backward is beside it
     base = shutil.copytree(tiny_checkpoints["llama"], tmp_path / "smollm2")
     bench.main(["--steps", "5", "--threads", "1", "--settings", "ties w1.0 d0.5", "--cache", str(tmp_path)])
     out = capsys.readouterr().out

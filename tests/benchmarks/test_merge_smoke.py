@@ -7,13 +7,11 @@ outputs equal within the tolerance, and the report's medians and ratios.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -21,25 +19,9 @@ import pytest
 import torch
 
 from aprender.format.safetensors import load
-from fixtures.threads import torch_threads
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "merge.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("merge_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_cpu() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+SCRIPT = "merge.py"  # under benchmarks/, imported by the `bench` fixture (conftest.py)
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +105,7 @@ def test_main_runs_both_tools_in_worker_processes(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as when run as a script: forward_backward is beside it
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: forward_backward is beside it
     # The tiny checkpoint stands in for the converted SmolLM2 folder (reused when config.json is there).
     shutil.copytree(tiny_checkpoints["llama"], tmp_path / "smollm2")
     bench.main(["--repeats", "1", "--threads", "1", "--cache", str(tmp_path)])

@@ -7,37 +7,15 @@ equal real tokens over one epoch of the variable set), padding is counted, and t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from fixtures.threads import torch_threads
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_cpu() -> Iterator[None]:
-    # One thread, as the workers here run: tiny matmuls gain nothing from two, and on a busy machine two
-    # threads wait on each other (steps 30x slower were seen).
-    with torch_threads(1):
-        yield
+SCRIPT = "train_throughput.py"  # under benchmarks/, imported by the `bench` fixture (conftest.py)
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +91,7 @@ def test_main_runs_every_measurement_in_worker_processes(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as when run as a script: forward_backward is beside it
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: forward_backward is beside it
     # The tiny checkpoint stands in for the converted SmolLM2 folder (reused when config.json is there).
     shutil.copytree(tiny_checkpoints["llama"], tmp_path / "smollm2")
     flags = ["--quick", "--methods", "lora", "--threads", "1", "--samples", "8", "--warmup", "0", "--fixed-steps", "1"]

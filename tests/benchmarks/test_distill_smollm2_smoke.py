@@ -10,11 +10,9 @@ models.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,25 +20,8 @@ from typing import Any
 import pytest
 import torch
 
-from fixtures.threads import torch_threads
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "distill_smollm2.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("distill_smollm2_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_cpu() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+SCRIPT = "distill_smollm2.py"  # under benchmarks/, imported by the `bench` fixture (conftest.py)
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +31,7 @@ def quick_run(
     """Two ``--quick`` runs of `main` on the tiny Llama, the second with alpha 1: the folder and its printout."""
     cache = tmp_path_factory.mktemp("distill-bench")
     shutil.copytree(tiny_checkpoints["llama"], cache / "smollm2")  # stands in for the converted SmolLM2 folder
-    sys.path.insert(0, str(SCRIPT.parent))  # as when run as a script: forward_backward is beside it
+    sys.path.insert(0, str(BENCHMARKS))  # as when run as a script: forward_backward is beside it
     try:
         with pytest.MonkeyPatch.context() as patch:
             printed: list[str] = []
@@ -63,7 +44,7 @@ def quick_run(
             assert _mtime(cache / "distill-smollm2" / "plain") == trained["plain"]
             assert _mtime(cache / "distill-smollm2" / "distilled") != trained["distilled"]
     finally:
-        sys.path.remove(str(SCRIPT.parent))
+        sys.path.remove(str(BENCHMARKS))
     return cache / "distill-smollm2", "\n".join(printed)
 
 

@@ -38,7 +38,8 @@ def _config(tmp_path: Path, student: Path, teacher: Path, **distill: Any) -> Pat
 
 def test_parts_weighting_and_kl_in_evaluations(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
     config = _config(tmp_path, tiny_checkpoints["llama"], tiny_checkpoints["qwen2"])
-    result = run_training(load_config(config, ["training.max_steps=6", "training.eval_every=3"]), console=_quiet())
+    console = Console(file=io.StringIO(), width=300)
+    result = run_training(load_config(config, ["training.max_steps=6", "training.eval_every=3"]), console=console)
     train = runs.read_metrics(result.output_dir)
     assert all(set(r["parts"]) == {"ce", "kd"} for r in train)
     for record in train:  # total = (1 - alpha) * ce + alpha * kd, as means per token
@@ -46,6 +47,8 @@ def test_parts_weighting_and_kl_in_evaluations(tiny_checkpoints: dict[str, Path]
     assert train[-1]["parts"]["kd"] < train[0]["parts"]["kd"]  # the student moves toward the teacher
     evals = runs.read_metrics(result.output_dir, "eval")
     assert [e["step"] for e in evals] == [3, 6] and all(e["eval_kl_to_teacher"] > 0 for e in evals)
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert f"| KL to teacher {evals[-1]['eval_kl_to_teacher']:.4f}" in shown  # in the progress too
     record = json.loads((result.output_dir / "final_model.json").read_text())
     assert (record["output"], record["techniques"]) == ("adapter", ["lora", "distill"])
 

@@ -201,6 +201,8 @@ class ProgressDisplay(Callback):
             f"eval step {record['step']}: loss {record['eval_loss']:.4f} | perplexity {record['eval_perplexity']:.3f}"
             f" | token accuracy {record['eval_token_accuracy']:.4f}"
         )
+        if "eval_kl_to_teacher" in record:
+            line += f" | KL to teacher {record['eval_kl_to_teacher']:.4f}"
         self.console.print(line, highlight=False, soft_wrap=True)
 
     def on_epoch_end(self, trainer: Trainer, summary: EpochSummary) -> None:

@@ -7,6 +7,7 @@ threads wait on each other (steps 30x slower were seen).
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,16 @@ def bench(request: pytest.FixtureRequest) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def bench_cache(tiny_checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A benchmark's cache folder for ``main([..., "--cache", str(bench_cache)])``: the tiny Llama stands in for
+    the converted SmolLM2 folder (reused when its config.json is there), and benchmarks/ is on ``sys.path``
+    as when a script runs (forward_backward.py is beside it)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    shutil.copytree(tiny_checkpoints["llama"], tmp_path / "smollm2")
+    return tmp_path
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 SCRIPT = "merge_quality.py"  # under benchmarks/, imported by the `bench` fixture (conftest.py)
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def test_data_sets_split_the_phrasings(bench: ModuleType, tmp_path: Path) -> None:
@@ -76,13 +74,11 @@ def test_report_verdicts(bench: ModuleType) -> None:
 
 def test_main_trains_merges_and_scores(
     bench: ModuleType,
-    tiny_checkpoints: dict[str, Path],
+    bench_cache: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: forward_backward is beside it
-    base = shutil.copytree(tiny_checkpoints["llama"], tmp_path / "smollm2")
+    base = bench_cache / "smollm2"
     bench.main(["--steps", "5", "--threads", "1", "--settings", "ties w1.0 d0.5", "--cache", str(tmp_path)])
     out = capsys.readouterr().out
     assert "adapter place: 5 steps" in out and "adapter product: 5 steps" in out

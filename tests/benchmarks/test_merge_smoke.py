@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ import torch
 from aprender.format.safetensors import load
 
 SCRIPT = "merge.py"  # under benchmarks/, imported by the `bench` fixture (conftest.py)
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +98,10 @@ def test_peak_rss_of_a_child_is_its_own(bench: ModuleType) -> None:
 
 def test_main_runs_both_tools_in_worker_processes(
     bench: ModuleType,
-    tiny_checkpoints: dict[str, Path],
+    bench_cache: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: forward_backward is beside it
-    # The tiny checkpoint stands in for the converted SmolLM2 folder (reused when config.json is there).
-    shutil.copytree(tiny_checkpoints["llama"], tmp_path / "smollm2")
     bench.main(["--repeats", "1", "--threads", "1", "--cache", str(tmp_path)])
     out = capsys.readouterr().out
     assert "round 1: entrenar" in out and "round 1: mergekit" in out

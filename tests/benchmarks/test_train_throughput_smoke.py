@@ -8,14 +8,12 @@ equal real tokens over one epoch of the variable set), padding is counted, and t
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 SCRIPT = "train_throughput.py"  # under benchmarks/, imported by the `bench` fixture (conftest.py)
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +84,10 @@ def test_report_ratios(bench: ModuleType) -> None:
 
 def test_main_runs_every_measurement_in_worker_processes(
     bench: ModuleType,
-    tiny_checkpoints: dict[str, Path],
+    bench_cache: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: forward_backward is beside it
-    # The tiny checkpoint stands in for the converted SmolLM2 folder (reused when config.json is there).
-    shutil.copytree(tiny_checkpoints["llama"], tmp_path / "smollm2")
     flags = ["--quick", "--methods", "lora", "--threads", "1", "--samples", "8", "--warmup", "0", "--fixed-steps", "1"]
     bench.main([*flags, "--cache", str(tmp_path)])
     out = capsys.readouterr().out

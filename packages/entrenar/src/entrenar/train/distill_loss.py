@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, cast
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor
@@ -106,19 +106,7 @@ class DistillLoss(CausalLMLoss):
             )
 
         student_layers = tuple(s for s, _ in self.hidden.pairs[: self.hidden.active]) if self.hidden else ()
-        output: Any = self.model(
-            batch["input_ids"],
-            batch.get("attention_mask"),
-            batch.get("position_ids"),
-            batch.get("seq_ids"),
-            labels=batch["labels"],
-            reduction="sum",
-            loss_chunk_size=self.chunk_size,
-            kd=kd,
-            hidden_layers=student_layers,
-        )
-        assert isinstance(output, LossOutput)
-        return output
+        return self._forward(batch, reduction="sum", kd=kd, hidden_layers=student_layers)
 
     def _cached(self, split: CacheSplit, batch: Mapping[str, Tensor]) -> TopKTeacher:
         return split.lookup(batch["unit_ids"], batch["labels"].device)

@@ -94,15 +94,18 @@ class CausalLMLoss:
         Returns:
             The model's `LossOutput`.
         """
+        return self._forward(batch, reduction=self.reduction, predict=predict)
+
+    def _forward(self, batch: Mapping[str, Tensor], **options: Any) -> LossOutput:
+        """The model's forward with the batch's inputs and labels, at `chunk_size`, and `options` (its keywords)."""
         output: Any = self.model(
             batch["input_ids"],
             batch.get("attention_mask"),
             batch.get("position_ids"),
             batch.get("seq_ids"),
             labels=batch["labels"],
-            reduction=self.reduction,
             loss_chunk_size=self.chunk_size,
-            predict=predict,
+            **options,
         )
         assert isinstance(output, LossOutput)
         return output

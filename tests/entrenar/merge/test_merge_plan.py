@@ -61,3 +61,16 @@ def test_bad_slices(slices: list[SliceSpec], message: str) -> None:
 def test_inputs_with_other_tensors_are_refused() -> None:
     with pytest.raises(MergeError, match=r"input 2 has other tensors than input 1 .*'lm_head\.weight'"):
         plan_tensors([SliceSpec(((0, 0, 2), (1, 0, 2)))], {0: names(2), 1: names(2, head=False)}, {0: 2, 1: 2})
+
+
+def test_the_order_of_a_checkpoints_tensors_does_not_matter() -> None:
+    # e.g. an `entrenar prune` output (written in sorted order) merged with the transformers-saved original
+    slices = [SliceSpec(((0, 0, 2), (1, 0, 2)))]
+    ordered, shuffled = names(2), sorted(names(2), reverse=True)
+    assert plan_tensors(slices, {0: ordered, 1: shuffled}, {0: 2, 1: 2}) == plan_tensors(
+        slices, {0: ordered, 1: ordered}, {0: 2, 1: 2}
+    )
+    with pytest.raises(MergeError, match=r"input 2 has other tensors than input 1"):  # still refused: one missing
+        plan_tensors(
+            slices, {0: ordered, 1: [n for n in ordered if n != "model.layers.0.input_layernorm.weight"]}, {0: 2, 1: 2}
+        )

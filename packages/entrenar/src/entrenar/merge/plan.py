@@ -94,8 +94,9 @@ def plan_tensors(
     _check_slices(slices, num_layers)
     first = slices[0].sources[0][0]
     pre, suffixes, post = _split(tensor_names[first])
+    layout = tuple(sorted(part) for part in (pre, suffixes, post))
     for index, names in tensor_names.items():
-        if _split(names) != (pre, suffixes, post):
+        if tuple(sorted(part) for part in _split(names)) != layout:  # the order of a checkpoint's tensors is free
             raise MergeError(
                 f"input {index + 1} has other tensors than input {first + 1} "
                 f"(e.g. {_first_difference(tensor_names[first], names)!r}); the architectures disagree"

@@ -96,8 +96,8 @@ BAD: list[tuple[dict[str, Any], dict[str, Any], str]] = [
     (
         {"sparsity": 0.5, "end_step": 4},
         {"lora": {}, "quantize": {}},
-        "prune: cannot be used with quantize: (4-bit weights hold no exact mask); prune the base with `entrenar "
-        "prune` and train QLoRA on its output, or drop quantize: for LoRA",
+        "prune: cannot be used with quantize: (4-bit weights hold no exact mask); drop quantize: for LoRA, or prune "
+        "the base with `entrenar prune` and train LoRA with prune: {schedule: keep} on its output",
     ),
     ({"sparsity": 0.5, "end_step": 4, "spars": 1}, {}, "prune.spars: unknown key; did you mean sparsity?"),
 ]

@@ -306,15 +306,17 @@ def build_prune(raw: object, has_quantize: bool, max_steps: int | None, ctx: Con
     if has_quantize:
         ctx.report(
             "prune",
-            "cannot be used with quantize: (4-bit weights hold no exact mask); prune the base with `entrenar prune` "
-            "and train QLoRA on its output, or drop quantize: for LoRA",
+            "cannot be used with quantize: (4-bit weights hold no exact mask); drop quantize: for LoRA, or prune "
+            "the base with `entrenar prune` and train LoRA with prune: {schedule: keep} on its output",
         )
         return {}
     values = read_section(PruneSection, raw, "prune", ctx)
     if not isinstance(raw, dict):
         return values  # reported: not a mapping
     schedule = values.setdefault("schedule", PruneSection.schedule)
-    method = values.setdefault("method", PruneSection.method)
+    if schedule == "keep":
+        return _keep(values, ctx)
+    method = values["method"] = values.get("method") or "magnitude"
     if values.get("sparsity") is None and values.get("pattern") is None and ctx.ok("prune.sparsity", "prune.pattern"):
         ctx.report("prune.sparsity", "missing; set prune.sparsity (e.g. 0.5) or prune.pattern (2:4 or 4:8)")
     if values.get("sparsity") is not None and values.get("pattern") is not None:
@@ -325,16 +327,28 @@ def build_prune(raw: object, has_quantize: bool, max_steps: int | None, ctx: Con
     for key in ("calibration", "samples", "seq_len", "seed"):
         _only_for(values, key, "prune", "method", ("wanda", "sparsegpt"), ctx)
     if method != "magnitude" and ctx.ok("prune.method"):
-        if schedule == "gradual" and ctx.ok("prune.schedule"):
-            ctx.report("prune.method", f"{method} prunes once from calibration; use schedule: oneshot or magnitude")
-        if values.get("calibration") is None and ctx.ok("prune.calibration"):
-            ctx.report("prune.calibration", f"required with method {method}: a text or JSONL file to calibrate on")
-        elif values.get("calibration") is not None:
-            values["calibration"] = _data_path("prune.calibration", values["calibration"], ctx)
-        _default(values, "samples", 128)
-        _default(values, "seed", 0)
+        _calibrated(values, schedule, method, ctx)
     if schedule == "gradual" and ctx.ok("prune.schedule"):
         _gradual(values, max_steps, ctx)
+    return values
+
+
+def _calibrated(values: Values, schedule: str, method: str, ctx: Context) -> None:
+    """WANDA/SparseGPT: one-shot only, with a calibration file; fill the draw's defaults."""
+    if schedule == "gradual" and ctx.ok("prune.schedule"):
+        ctx.report("prune.method", f"{method} prunes once from calibration; use schedule: oneshot or magnitude")
+    if values.get("calibration") is None and ctx.ok("prune.calibration"):
+        ctx.report("prune.calibration", f"required with method {method}: a text or JSONL file to calibrate on")
+    elif values.get("calibration") is not None:
+        values["calibration"] = _data_path("prune.calibration", values["calibration"], ctx)
+    _default(values, "samples", 128)
+    _default(values, "seed", 0)
+
+
+def _keep(values: Values, ctx: Context) -> Values:
+    """``schedule: keep`` takes no other key: the masks are the base's zeros."""
+    for key in (name for name in values if name != "schedule"):
+        _only_for(values, key, "prune", "schedule", ("gradual", "oneshot"), ctx)
     return values
 
 

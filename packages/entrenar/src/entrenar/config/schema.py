@@ -73,7 +73,7 @@ DECAYING_SCHEDULERS = ("linear", "cosine")
 QUANT_BITS = (4, 8)
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts more
 SKEW_LOSSES = ("skew_forward_kl", "skew_reverse_kl")
-PRUNE_SCHEDULES = ("gradual", "oneshot")
+PRUNE_SCHEDULES = ("gradual", "oneshot", "keep")
 
 
 @dataclass(frozen=True)
@@ -363,9 +363,9 @@ class DistillSection:
 
 @dataclass(frozen=True)
 class PruneSection:
-    """``prune:`` prune the decoder layers' linear weights while training (full fine-tune: the trained weights; LoRA:
-    the frozen base, re-masked after merging when publishing). Not with ``quantize:``: prune the base first with
-    ``entrenar prune`` and train QLoRA on its output.
+    """``prune:`` prune the decoder layers' linear weights while training, or keep a pruned base's zeros (full
+    fine-tune: the trained weights; LoRA: the frozen base, re-masked after merging when publishing). Not with
+    ``quantize:``: prune the base first with ``entrenar prune`` and train LoRA with ``schedule: keep`` on its output.
 
     Attributes:
         schedule: ``gradual``: Zhu & Gupta's cubic schedule (https://arxiv.org/abs/1710.01878): after optimizer step
@@ -373,11 +373,14 @@ class PruneSection:
             each layer's mask is recomputed by weight magnitude at sparsity
             ``s_t = sparsity + (initial_sparsity - sparsity) * (1 - (t - start_step) / (end_step - start_step))^3``;
             between updates and after ``end_step`` the mask is fixed. ``oneshot``: prune once before the first step
-            (as ``entrenar prune`` does), mask fixed. Either way the masks are applied after every optimizer step, so
-            pruned weights stay exactly zero, and checkpoints save them.
-        method: ``magnitude``, or with ``oneshot`` only ``wanda`` or ``sparsegpt`` (which need ``calibration``).
+            (as ``entrenar prune`` does), mask fixed. ``keep``: prune nothing, keep the zeros the base model already
+            has (a model made by ``entrenar prune``): the masks are its weights that are non-zero, fixed. Each way the
+            masks are applied after every optimizer step, so pruned weights stay exactly zero, and checkpoints save
+            them.
+        method: ``magnitude``, or with ``oneshot`` only ``wanda`` or ``sparsegpt`` (which need ``calibration``); not
+            with ``keep``. null: ``magnitude`` (``gradual``, ``oneshot``).
         sparsity: The final fraction of each linear layer's weights that is zero, in [0, 1). Exactly one of
-            ``sparsity`` and ``pattern``.
+            ``sparsity`` and ``pattern`` (neither with ``keep``).
         pattern: ``oneshot`` only: ``2:4`` or ``4:8`` (keep N of every M consecutive input weights).
         initial_sparsity: ``gradual`` only: s_i, the sparsity of the first update, in [0, ``sparsity``]; null: 0.
         start_step: ``gradual`` only: t0, the first update, >= 0; null: 0.
@@ -392,7 +395,7 @@ class PruneSection:
     """
 
     schedule: str = _key("gradual", kind="str", choices=PRUNE_SCHEDULES)
-    method: str = _key("magnitude", kind="str", choices=tuple(PRUNE_METHODS))
+    method: str | None = _key(None, kind="str", choices=tuple(PRUNE_METHODS), nullable=True)
     sparsity: float | None = _key(None, kind="float", low=0.0, high=1.0, high_open=True, nullable=True)
     pattern: str | None = _key(None, kind="str", choices=tuple(PRUNE_PATTERNS), nullable=True)
     initial_sparsity: float | None = _key(None, kind="float", low=0.0, high=1.0, high_open=True, nullable=True)

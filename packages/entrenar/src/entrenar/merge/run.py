@@ -10,7 +10,9 @@
 6. The folder gets the output ``config.json`` (layers and vocabulary of the merge, the output dtype),
    ``generation_config.json`` and the tokenizer (the base's, or the rebuilt one; ``chat_template`` set as
    asked), the resolved merge config (``merge_config.yaml``), ``final_model.json`` (``output: full``,
-   ``techniques: [merge]``, the inputs with their revisions) and a model card.
+   ``techniques: [merge]``, the inputs with their revisions) and a model card. For every pruned input
+   (`entrenar.prune.marks`) its zeros are counted in the merged model, and the log, the record
+   (``sparsity_checks``) and the card say plainly whether the merge kept them.
 7. With ``eval_data``, the merged model and each input are scored on that text
    (`entrenar.merge.evaluate`); a merged model far worse than every input is not kept unless
    ``keep_worse`` says so.
@@ -135,8 +137,9 @@ def run_merge(
             )
         output_source = inputs[_output_source(config, models)]
         _write_model_files(staging, config, output_source, inputs, vocab, _layer_sources(slices), dtype)
+        checks = _sparsity_checks(inputs, staging, log)
         scores = _scores(config, inputs, staging, keep_worse, log)
-        _write_record(staging, config, method.name, method.title, method.reference, inputs, models, scores)
+        _write_record(staging, config, method.name, method.title, method.reference, inputs, models, scores, checks)
         _write_card(staging, out.name)
         _replace(out, staging)
     log(f"merged model written to {out}")
@@ -340,6 +343,20 @@ def _scores(
     return [*scores, merged_score]
 
 
+def _sparsity_checks(inputs: list[MergeInput], merged: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """For each pruned input (`entrenar.prune.marks`): are its zeros still zero in the merged model? Said plainly."""
+    from entrenar.prune.marks import check_folder, read_mark
+
+    checks = []
+    for item in inputs:
+        mark = read_mark(item.folder)
+        if mark is not None:
+            check = check_folder(replace(mark, source=item.name), "the merged model", merged)
+            log(check.line())
+            checks.append(check.record())
+    return checks
+
+
 def _write_record(
     out: Path,
     config: MergeConfig,
@@ -349,8 +366,10 @@ def _write_record(
     inputs: list[MergeInput],
     models: tuple[ModelRef, ...],
     scores: list[ModelScore],
+    checks: list[dict[str, Any]],
 ) -> None:
-    """``final_model.json``: a full model made by merging, its inputs with their revisions, the scores."""
+    """``final_model.json``: a full model made by merging, its inputs with their revisions, the scores, and whether
+    pruned inputs' zeros were kept (``sparsity_checks``)."""
     from entrenar.train.outputs import package_versions
 
     base = None
@@ -380,6 +399,7 @@ def _write_record(
             ],
             "config": config.to_yaml(),
         },
+        **({"sparsity_checks": checks} if checks else {}),
         "packages": package_versions(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -223,6 +223,9 @@ def render_model_card(ctx: CardContext) -> str:
         sections.append(_merge_section(merge))
     if prune:
         sections.append(_prune_section(prune))
+    checks = [item for item in ctx.record.get("sparsity_checks") or [] if isinstance(item, Mapping)]
+    if checks:
+        sections.append("## Sparsity\n\n" + "".join(f"- {item.get('line')}\n" for item in checks))
     details = _training_rows(ctx)
     if details:
         sections.append("## Training details\n\n" + _table(("Setting", "Value"), details))
@@ -259,13 +262,21 @@ def _merge_section(merge: Mapping[str, Any]) -> str:
 
 def _prune_section(prune: Mapping[str, Any]) -> str:
     """Method, sparsity or pattern, calibration, sparsity per decoder layer, perplexity before and after."""
-    title = prune.get("title", prune.get("method"))
-    method = f"[{title}]({prune['reference']})" if prune.get("reference") else str(title)
-    sparsity = prune.get("sparsity")
-    amount = (
-        f"{100 * sparsity:.4g}% unstructured sparsity" if is_number(sparsity) else f"{prune.get('pattern')} sparsity"
-    )
-    text = f"## Pruning\n\nMethod: {method}, {amount} (compared within: {prune.get('comparison_group')}).\n"
+    if prune.get("schedule") == "keep":
+        text = (
+            "## Pruning\n\nThe base model was pruned; training kept its zeros (`prune: {schedule: keep}`: its "
+            "non-zero weights were the masks, applied after every optimizer step).\n"
+        )
+    else:
+        title = prune.get("title", prune.get("method"))
+        method = f"[{title}]({prune['reference']})" if prune.get("reference") else str(title)
+        sparsity = prune.get("sparsity")
+        amount = (
+            f"{100 * sparsity:.4g}% unstructured sparsity"
+            if is_number(sparsity)
+            else f"{prune.get('pattern')} sparsity"
+        )
+        text = f"## Pruning\n\nMethod: {method}, {amount} (compared within: {prune.get('comparison_group')}).\n"
     calibration = _mapping(prune.get("calibration"))
     if calibration:
         hashes = ", ".join(f"`{digest[:12]}`" for digest in _mapping(calibration.get("files")).values())

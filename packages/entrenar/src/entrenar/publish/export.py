@@ -18,7 +18,10 @@ Three layouts come out (DESIGN.md section 5):
 An adapter trained on a pruned base (``prune:``; ``final_model.json``'s ``prune.masks`` names its masks file)
 is merged into the masked base and the merged weights are masked again, so the published model keeps the
 configured sparsity; `remask_change` measures what the re-masking changed in the logits
-(``ExportedModel.remask``, shown on the model card).
+(``ExportedModel.remask``, shown on the model card). Whatever is pruned (a full model with a ``prune`` record, an
+adapter with masks, or a pruned base an adapter without masks is merged into: `entrenar.prune.marks`) gets its
+zeros counted again in the merged weights and in the GGUF file's decoded tensors, and the export says plainly
+whether they were kept (``ExportedModel.sparsity``, reported and shown on the card).
 
 Tokenizer files and ``generation_config.json`` of the training output win over the base model's: the
 run may have changed the chat template. The base model is a local folder, a ``.gguf`` file (converted
@@ -64,6 +67,7 @@ from entrenar.constants import (
 from entrenar.display import Report
 from entrenar.errors import PublishError
 from entrenar.lora.merge import merge_adapter_into_checkpoint
+from entrenar.prune.marks import SparsityMark, check_folder, check_gguf, mark_of, read_mark
 from entrenar.publish.card import Layout
 from entrenar.publish.detect import ModelFolder
 
@@ -84,6 +88,8 @@ class ExportedModel:
         gguf_file: Name of the GGUF file (``layout="gguf"`` only).
         remask: For a merged adapter on a pruned base: the max abs logit change re-masking made on a fixed
             input, the input, and how many merged weights it set to zero; else None.
+        sparsity: For a pruned model: whether the merged weights and the GGUF file kept its zeros
+            (`entrenar.prune.marks.SparsityCheck.record`), in the order checked.
     """
 
     folder: Path
@@ -92,6 +98,7 @@ class ExportedModel:
     base_dir: Path | None = None
     gguf_file: str | None = None
     remask: dict[str, Any] | None = None
+    sparsity: tuple[dict[str, Any], ...] = ()
 
 
 @contextlib.contextmanager
@@ -229,26 +236,41 @@ def export_model(
         report("Merging LoRA adapters with base model...")
     if layout == "model":
         report("Exporting as SafeTensors...")  # a merge writes the exported shards as it goes
-        base_dir, remask = _write_model(model, out, base_model, offline, max_shard_size, report)
-        return ExportedModel(out, layout, _listing(out), base_dir, remask=remask)
+        written = _write_model(model, out, base_model, offline, max_shard_size, report)
+        return ExportedModel(out, layout, _listing(out), written.base_dir, None, written.remask, written.checks)
     gguf_name = f"{name}-{gguf_type.upper()}.gguf"
     with tempfile.TemporaryDirectory(prefix="entrenar-gguf-") as work:
-        base_dir, remask = _write_model(model, Path(work), base_model, offline, max_shard_size, report)
+        written = _write_model(model, Path(work), base_model, offline, max_shard_size, report)
         report(f"Exporting as GGUF ({gguf_type.upper()}): {gguf_name}...")
         export_gguf(work, out / gguf_name, gguf_type=gguf_type, name=name)
-    return ExportedModel(out, layout, _listing(out), base_dir, gguf_name, remask)
+    checks = written.checks
+    if written.mark is not None:
+        check = check_gguf(written.mark, f"the GGUF file ({gguf_type.upper()})", out / gguf_name)
+        report(check.line())
+        checks = (*checks, check.record())
+    return ExportedModel(out, layout, _listing(out), written.base_dir, gguf_name, written.remask, checks)
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What `_write_model` did: the base folder (merged into, or found locally), what re-masking changed
+    (`remask_change`), the pruned model's mark and the checks of its zeros so far."""
+
+    base_dir: Path | None
+    remask: dict[str, Any] | None = None
+    mark: SparsityMark | None = None
+    checks: tuple[dict[str, Any], ...] = ()
 
 
 def _write_model(
     model: ModelFolder, out: Path, base_model: str | None, offline: bool, max_shard_size: int | str, report: Report
-) -> tuple[Path | None, dict[str, Any] | None]:
-    """Write the Hugging Face layout into `out`; return the base folder (merged into, or found locally) and, for a
-    pruned base, what re-masking changed (`remask_change`)."""
+) -> _Written:
+    """Write the Hugging Face layout into `out` (a full model's files copied, an adapter merged into its base)."""
     if model.kind == "full":
         for name in [*_weight_files(model.path), *COPIED_FILES]:
             if (model.path / name).is_file():
                 shutil.copyfile(model.path / name, out / name)
-        return _local_base(model, base_model), None
+        return _Written(_local_base(model, base_model), mark=mark_of(model.record, "this model"))
     reference, revision = _base_reference(model, base_model)
     base_dir = resolve_base_model(reference, revision, offline=offline)
     masks = _prune_masks(model)
@@ -256,10 +278,19 @@ def _write_model(
     for name in (GENERATION_CONFIG_NAME, *TOKENIZER_FILES):
         if (model.path / name).is_file():
             shutil.copyfile(model.path / name, out / name)
+    remask = None
     if masks is None:
-        return base_dir, None
-    report("Re-masking the merged weights of the pruned base...")
-    return base_dir, remask_change(out, base_dir, model.path, masks)
+        mark = read_mark(base_dir)
+        what = "the merged model (the adapter's update added without re-masking)"
+    else:
+        report("Re-masking the merged weights of the pruned base...")
+        remask = remask_change(out, base_dir, model.path, masks)
+        mark, what = mark_of(model.record, f"the base model {reference}"), "the merged model (re-masked)"
+    if mark is None:
+        return _Written(base_dir, remask)
+    check = check_folder(mark, what, out)
+    report(check.line())
+    return _Written(base_dir, remask, mark, (check.record(),))
 
 
 def _prune_masks(model: ModelFolder) -> dict[str, Tensor] | None:

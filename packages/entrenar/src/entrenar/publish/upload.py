@@ -298,11 +298,14 @@ def _files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix())
 
 
-def _with_remask(record: dict[str, Any], remask: dict[str, Any] | None) -> dict[str, Any]:
-    """The record with what re-masking the merged weights changed under ``prune.remask`` (for the card)."""
-    if remask is None:
-        return record
-    return {**record, "prune": {**record["prune"], "remask": remask}}
+def _with_export_facts(record: dict[str, Any], exported: ExportedModel) -> dict[str, Any]:
+    """The record with what re-masking the merged weights changed under ``prune.remask`` and the checks of a pruned
+    model's zeros under ``sparsity_checks`` (for the card)."""
+    if exported.remask is not None:
+        record = {**record, "prune": {**record["prune"], "remask": exported.remask}}
+    if exported.sparsity:
+        record = {**record, "sparsity_checks": [*record.get("sparsity_checks", []), *exported.sparsity]}
+    return record
 
 
 def _write_card(model: ModelFolder, exported: ExportedModel, repo: str, base_model: str | None) -> None:
@@ -323,7 +326,7 @@ def _write_card(model: ModelFolder, exported: ExportedModel, repo: str, base_mod
         base_model=base_id,
         license=base_license(exported.base_dir),
         datasets=hub_dataset_ids(model.record),
-        record=_with_remask(model.record, exported.remask),
+        record=_with_export_facts(model.record, exported),
         gguf_file=exported.gguf_file,
         chat=chat,
     )

@@ -46,7 +46,7 @@ from entrenar.errors import ConfigError
 from entrenar.models import CausalLM, loaded_dtype, read_config
 from entrenar.train.distill_loss import DistillLoss
 from entrenar.train.loss import CausalLMLoss
-from entrenar.train.pruning import PruneMasks, prepare_pruning
+from entrenar.train.pruning import PruneMasks, prepare_pruning, pruned_base_note
 from entrenar.train.setup.data import load_data
 from entrenar.train.setup.model import (
     build_model,
@@ -179,6 +179,9 @@ class RunBuilder:
         assert self.model_dir is not None
         seed_everything(self.cfg.training.seed)
         self.model = build_model(self.cfg, self.model_dir, self.device, self.report)
+        note = pruned_base_note(self.cfg, self.model_dir)
+        if note is not None:
+            self.report(note)
 
     def setup_teacher(self) -> None:
         """The frozen teachers of ``distill:``, their vocabulary checked; layer-wise transfer's projections."""

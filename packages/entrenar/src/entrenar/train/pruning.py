@@ -13,6 +13,8 @@ optimizer step, zeroes what it masks, so pruned weights stay exactly zero whatev
   step) every mask is recomputed by weight magnitude within its layer at sparsity `cubic_sparsity` (t);
   the weights already masked are zero, so each update keeps them masked. Between updates and after
   ``end_step`` the masks are fixed.
+- ``schedule: keep``: nothing is pruned; the masks are the weights the base model already has non-zero (a model
+  `entrenar prune` made, or one pruned elsewhere), so training keeps its zeros.
 
 The masks are `PruneMasks`'s checkpoint state, so a resumed run applies exactly the masks it had (the
 LoRA base is rebuilt from the original checkpoint and re-masked). A LoRA output also stores them in
@@ -23,24 +25,35 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from aprender.errors import PruningError
 from aprender.pruning import magnitude_scores, unstructured_mask
 from entrenar.config import PruneSection, TrainConfig
 from entrenar.display import Report, silent
 from entrenar.lora.targeting import lora_modules
 from entrenar.models import CausalLM
-from entrenar.prune.spec import METHODS, make_spec
+from entrenar.prune.marks import read_mark
+from entrenar.prune.spec import METHODS, PruneMethod, make_spec
 from entrenar.train.callbacks import Callback
 
 if TYPE_CHECKING:
     from aprender.text import Tokenizer
     from entrenar.train.loop import Trainer
 
-__all__ = ["MASKS_NAME", "PruneMasks", "cubic_sparsity", "prepare_pruning", "prunable_weights", "prune_record"]
+__all__ = [
+    "MASKS_NAME",
+    "PruneMasks",
+    "cubic_sparsity",
+    "prepare_pruning",
+    "prunable_weights",
+    "prune_record",
+    "pruned_base_note",
+]
 
 MASKS_NAME = "prune_masks.safetensors"
 """A LoRA output's masks: one bool tensor per pruned base weight, named as in the base checkpoint."""
@@ -101,7 +114,7 @@ class PruneMasks(Callback):
         self.section = section
         self.weights = weights
         self.masks: dict[str, Tensor] = dict(masks or {})
-        self.sparsity = _target(section) if masks else 0.0
+        self.sparsity = _mask_sparsity(self.masks) if masks else 0.0
 
     def state_dict(self) -> dict[str, Any]:
         """The masks (on the CPU) and the sparsity of the last update."""
@@ -141,12 +154,10 @@ class PruneMasks(Callback):
             self.weights[name].masked_fill_(~mask, 0)
 
 
-def _target(section: PruneSection) -> float:
-    if section.pattern is not None:
-        n, m = (int(part) for part in section.pattern.split(":"))
-        return 1 - n / m
-    assert section.sparsity is not None
-    return section.sparsity
+def _mask_sparsity(masks: Mapping[str, Tensor]) -> float:
+    """The fraction of the masked weights that the masks prune."""
+    total = sum(mask.numel() for mask in masks.values())
+    return sum(int((~mask).sum()) for mask in masks.values()) / total if total else 0.0
 
 
 @contextmanager
@@ -193,9 +204,21 @@ def prepare_pruning(
     weights = prunable_weights(model)
     if section.schedule == "gradual":
         return PruneMasks(section, weights), None
+    if section.schedule == "keep":
+        masks = {name: weight != 0 for name, weight in weights.items()}
+        pruning = PruneMasks(section, weights, masks)
+        if not pruning.sparsity:
+            raise PruningError(
+                f"prune.schedule keep: {cfg.model.path} has no zero weights in its decoder linear layers, so there "
+                "is nothing to keep; prune it first with `entrenar prune`, or use schedule gradual or oneshot"
+            )
+        share = f"{100 * pruning.sparsity:.2f}%"
+        report(f"Keeping the base's zeros: {share} of the weights of {len(masks)} decoder linear layers")
+        return pruning, None
     from entrenar.prune.calibration import load_calibration
     from entrenar.prune.oneshot import prune_model
 
+    assert section.method is not None
     spec = make_spec(section.method, sparsity=section.sparsity, pattern=section.pattern)
     calibration, windows = None, None
     if section.calibration is not None:
@@ -215,12 +238,32 @@ def prepare_pruning(
     return PruneMasks(section, weights, {name: weight != 0 for name, weight in weights.items()}), calibration
 
 
+def pruned_base_note(cfg: TrainConfig, model_dir: Path) -> str | None:
+    """What a run without ``prune:`` does to a pruned base's zeros (`entrenar.prune.marks`), or None: not pruned, or
+    the run has a ``prune:`` section (which decides the masks itself)."""
+    mark = read_mark(model_dir)
+    if mark is None or cfg.prune is not None:
+        return None
+    start = f"note: the base model {cfg.model.path} is pruned ({mark.description}, {100 * mark.sparsity:.2f}% zero); "
+    if cfg.quantize is not None:
+        return start + (
+            "QLoRA cannot keep its zeros (prune: does not go with quantize:), so the merged model publish writes will "
+            "be dense; to keep them train LoRA (no quantize:) with prune: {schedule: keep}"
+        )
+    if cfg.lora is None:
+        return start + "this run trains every weight and will fill its zeros; add prune: {schedule: keep} to keep them"
+    return start + (
+        "the adapter's update is dense, so the model publish merges will not keep its zeros; add "
+        "prune: {schedule: keep} to keep them"
+    )
+
+
 def prune_record(
     pruning: PruneMasks, model: nn.Module, calibration: dict[str, Any] | None, adapter: bool
 ) -> dict[str, Any]:
     """``final_model.json``'s ``prune`` section: the schedule, the method and the zeros of every pruned layer."""
     section = pruning.section
-    method = METHODS[section.method]
+    method = METHODS[section.method] if section.method is not None else None  # None: schedule keep
     modules: dict[str, float] = {}
     layers: dict[int, tuple[int, int]] = {}
     for name, weight in pruning.weights.items():
@@ -234,13 +277,11 @@ def prune_record(
     return {
         "schedule": section.schedule,
         "method": section.method,
-        "title": method.title,
-        "reference": method.reference,
+        "title": None if method is None else method.title,
+        "reference": None if method is None else method.reference,
         "sparsity": section.sparsity,
         "pattern": section.pattern,
-        "comparison_group": method.group
-        if section.pattern is None
-        else f"each group of {section.pattern[-1]} input weights",
+        "comparison_group": _group(section, method),
         "initial_sparsity": section.initial_sparsity,
         "start_step": section.start_step,
         "end_step": section.end_step,
@@ -253,3 +294,10 @@ def prune_record(
         "modules": modules,
         "masks": MASKS_NAME if adapter else None,
     }
+
+
+def _group(section: PruneSection, method: PruneMethod | None) -> str | None:
+    """The comparison group in words; None for ``keep`` (nothing is compared)."""
+    if method is None:
+        return None
+    return method.group if section.pattern is None else f"each group of {section.pattern[-1]} input weights"

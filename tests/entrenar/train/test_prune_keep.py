@@ -215,3 +215,25 @@ def test_count_zeros_scales_to_the_weights_present_and_sees_lost_zeros() -> None
     assert mark_of({"prune": {"modules": {}, "pruned_sparsity": 0.5, "pruned_weights": 8}}, "m") is None
     assert mark_of({"prune": {"modules": {"a": 0.0}, "pruned_sparsity": 0.0, "pruned_weights": 8}}, "m") is None
     assert mark_of({"merge": {}}, "m") is None
+
+
+def test_every_fold_of_a_kept_adapter_is_re_masked(pruned: Path, tmp_path: Path) -> None:
+    from entrenar.merge.config import load_merge_config
+    from entrenar.merge.run import run_merge
+    from entrenar.publish import detect_model_folder, export_model
+
+    result, _ = _run(runs.write_config(tmp_path, pruned, prune=KEEP), "training.max_steps=2")
+    adapter = result.output_dir  # type: ignore[attr-defined]
+    base = _zeros(pruned)
+    # entrenar prune at a lower sparsity folds the adapter first: the base's zeros are still the smallest weights
+    run_prune(adapter, tmp_path / "again", make_spec("magnitude", sparsity=0.25), log=lambda line: None)
+    config = {"merge_method": "linear", "models": [{"model": f"{pruned}+{adapter}", "parameters": {"weight": 1.0}}]}
+    (tmp_path / "merge.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    run_merge(load_merge_config(tmp_path / "merge.yaml"), tmp_path / "merged", log=lambda line: None)
+    for folder in (tmp_path / "again", tmp_path / "merged"):
+        zeros = _zeros(folder)
+        assert all(torch.equal(zeros[name], base[name]) for name in base), folder  # exactly the base's zeros
+
+    (adapter / MASKS_NAME).unlink()
+    with pytest.raises(PruningError, match=rf"final_model.json names pruning masks {MASKS_NAME} that are missing"):
+        export_model(detect_model_folder(adapter), tmp_path / "export", name="x")

@@ -3,7 +3,8 @@
 A reference is what `aprender.reference` takes (a folder, a ``.gguf`` file, a Hub id with an optional
 revision), optionally with a PEFT adapter to fold into it first (mergekit's ``model+adapter``): the
 adapter is merged into a copy of the model in the merge's work folder
-(`entrenar.lora.merge_adapter_into_checkpoint`), and that copy is the input.
+(`entrenar.lora.merge_adapter_into_checkpoint`; an adapter trained on a pruned base re-masked with its masks,
+`entrenar.prune.marks.adapter_masks`), and that copy is the input.
 
 Inputs must be one architecture: the same model type and the sizes that make tensor shapes (hidden size,
 MLP width, heads, head width, key/value heads, tied embeddings). Layer counts may differ (slices pick
@@ -21,6 +22,7 @@ from entrenar.constants import ADAPTER_CONFIG_NAME
 from entrenar.errors import MergeError
 from entrenar.lora.merge import merge_adapter_into_checkpoint
 from entrenar.models import ModelConfig, read_config
+from entrenar.prune.marks import adapter_masks
 
 __all__ = ["ARCHITECTURE_FIELDS", "MergeInput", "check_architectures", "resolve_inputs"]
 
@@ -77,7 +79,7 @@ def resolve_inputs(references: Sequence[tuple[str, str | None, str | None]], wor
         if adapter is not None:
             adapter_dir = resolve_model_folder(adapter, None, tokenizer=False, extra_files=(ADAPTER_CONFIG_NAME,))
             folded = work / f"input-{number}"
-            merge_adapter_into_checkpoint(folder, adapter_dir, folded)
+            merge_adapter_into_checkpoint(folder, adapter_dir, folded, masks=adapter_masks(adapter_dir))
             folder, name = folded, f"{name}+{adapter}"
         snapshot = folder.name if revision is not None or _in_hub_cache(folder) else None
         inputs.append(MergeInput(name, folder, read_config(folder), revision, snapshot))

@@ -14,6 +14,10 @@ went (`count_zeros` -> `SparsityCheck`, one line for the log and a dict for the 
   file's decoded tensors (each GGUF type rounds zero its own way);
 - ``entrenar merge``: the merged model, for each pruned input.
 
+An adapter trained on a pruned base carries its masks (``prune.masks`` of its record names the file); every
+place that folds an adapter into its base (``entrenar publish``, ``entrenar prune``, ``entrenar merge``'s
+``model+adapter``) re-applies them (`adapter_masks`), so folding never silently fills the base's zeros.
+
 "Kept" means the written weights of the pruned modules hold at least as many zeros as the mark records; an
 operation that moved zeros around without losing any would pass, which none of ours does.
 """
@@ -30,7 +34,16 @@ import torch
 
 from entrenar.constants import FINAL_MODEL_NAME
 
-__all__ = ["SparsityCheck", "SparsityMark", "check_folder", "check_gguf", "count_zeros", "mark_of", "read_mark"]
+__all__ = [
+    "SparsityCheck",
+    "SparsityMark",
+    "adapter_masks",
+    "check_folder",
+    "check_gguf",
+    "count_zeros",
+    "mark_of",
+    "read_mark",
+]
 
 
 @dataclass(frozen=True)
@@ -192,3 +205,27 @@ def check_gguf(mark: SparsityMark, what: str, path: Path) -> SparsityCheck:
             return gguf.load_tensor(gguf_name) if gguf_name in gguf.tensors else None
 
         return count_zeros(mark, what, tensor)
+
+
+def adapter_masks(adapter_dir: Path) -> dict[str, torch.Tensor] | None:
+    """The masks of an adapter trained on a pruned base (``prune.masks`` of its ``final_model.json``), or None.
+
+    Raises:
+        PruningError: The record names a masks file that is not there.
+    """
+    from safetensors.torch import load_file
+
+    from aprender.errors import PruningError
+
+    path = adapter_dir / FINAL_MODEL_NAME
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None  # the commands that read the record report it themselves
+    prune = record.get("prune") if isinstance(record, dict) else None
+    name = prune.get("masks") if isinstance(prune, dict) else None
+    if not isinstance(name, str) or not name:
+        return None
+    if not (adapter_dir / name).is_file():
+        raise PruningError(f"{adapter_dir}: final_model.json names pruning masks {name} that are missing; restore it")
+    return load_file(adapter_dir / name)

@@ -4,8 +4,8 @@
    the calibration and evaluation files must exist, before anything is loaded.
 2. MODEL is resolved as everywhere (`aprender.reference`: a folder, a ``.gguf`` file, a Hub id). A training
    output holding a LoRA/QLoRA adapter is folded into its base first, in a work folder, as ``entrenar
-   publish`` folds it (`entrenar.lora.merge_adapter_into_checkpoint`; the output's tokenizer and generation
-   config win over the base's).
+   publish`` folds it (`entrenar.lora.merge_adapter_into_checkpoint`, re-masked when the adapter was trained on
+   a pruned base; the output's tokenizer and generation config win over the base's).
 3. The calibration windows are drawn (`entrenar.prune.calibration`): a file too short fails here, still
    before anything is written.
 4. With ``eval_data`` the dense model is scored (`entrenar.merge.evaluate.score_model`: perplexity on that
@@ -221,8 +221,9 @@ def _input_folder(source: _Source, work: Path) -> Path:
     if source.adapter is None:
         return source.folder
     from entrenar.lora.merge import merge_adapter_into_checkpoint
+    from entrenar.prune.marks import adapter_masks
 
-    merge_adapter_into_checkpoint(source.folder, source.adapter, work)
+    merge_adapter_into_checkpoint(source.folder, source.adapter, work, masks=adapter_masks(source.adapter))
     _copy_files(source.adapter, work, (GENERATION_CONFIG_NAME, *TOKENIZER_FILES))
     return work
 

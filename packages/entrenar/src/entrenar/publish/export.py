@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from aprender.atomic import atomic_write_json
@@ -67,7 +66,7 @@ from entrenar.constants import (
 from entrenar.display import Report
 from entrenar.errors import PublishError
 from entrenar.lora.merge import merge_adapter_into_checkpoint
-from entrenar.prune.marks import SparsityMark, check_folder, check_gguf, mark_of, read_mark
+from entrenar.prune.marks import SparsityMark, adapter_masks, check_folder, check_gguf, mark_of, read_mark
 from entrenar.publish.card import Layout
 from entrenar.publish.detect import ModelFolder
 
@@ -273,7 +272,7 @@ def _write_model(
         return _Written(_local_base(model, base_model), mark=mark_of(model.record, "this model"))
     reference, revision = _base_reference(model, base_model)
     base_dir = resolve_base_model(reference, revision, offline=offline)
-    masks = _prune_masks(model)
+    masks = adapter_masks(model.path)
     merge_adapter_into_checkpoint(base_dir, model.path, out, max_shard_size=max_shard_size, masks=masks)
     for name in (GENERATION_CONFIG_NAME, *TOKENIZER_FILES):
         if (model.path / name).is_file():
@@ -291,17 +290,6 @@ def _write_model(
     check = check_folder(mark, what, out)
     report(check.line())
     return _Written(base_dir, remask, mark, (check.record(),))
-
-
-def _prune_masks(model: ModelFolder) -> dict[str, Tensor] | None:
-    """The masks of an adapter trained on a pruned base (``prune.masks`` of its record), or None."""
-    prune = model.record.get("prune")
-    name = prune.get("masks") if isinstance(prune, dict) else None
-    if not name:
-        return None
-    if not (model.path / name).is_file():
-        raise PublishError(f"{model.path}: final_model.json names pruning masks {name} that are missing; restore it")
-    return load_file(model.path / name)
 
 
 REMASK_INPUT = 16

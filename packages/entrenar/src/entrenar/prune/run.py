@@ -2,10 +2,8 @@
 
 1. The request is checked (`entrenar.prune.spec.make_spec`), the output folder must be new or empty, and
    the calibration and evaluation files must exist, before anything is loaded.
-2. MODEL is resolved as everywhere (`aprender.reference`: a folder, a ``.gguf`` file, a Hub id). A training
-   output holding a LoRA/QLoRA adapter is folded into its base first, in a work folder, as ``entrenar
-   publish`` folds it (`entrenar.lora.merge_adapter_into_checkpoint`, re-masked when the adapter was trained on
-   a pruned base; the output's tokenizer and generation config win over the base's).
+2. MODEL is resolved (`entrenar.model_input`: a folder, a ``.gguf`` file, a Hub id, a training or merge
+   output); an adapter output is folded into its base first, in a work folder, as ``entrenar publish`` folds it.
 3. The calibration windows are drawn (`entrenar.prune.calibration`): a file too short fails here, still
    before anything is written.
 4. With ``eval_data`` the dense model is scored (`entrenar.merge.evaluate.score_model`: perplexity on that
@@ -23,7 +21,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,14 +30,13 @@ from typing import Any
 import torch
 
 from aprender.atomic import atomic_write_json
-from aprender.constants import CHAT_TEMPLATE_DIR, GENERATION_CONFIG_NAME, TOKENIZER_FILE, TOKENIZER_FILES
 from aprender.errors import PruningError
-from aprender.reference import ModelReference, classify_model_reference, resolve_model_folder
 from aprender.text import Tokenizer
-from entrenar.constants import ADAPTER_CONFIG_NAME, COPIED_FILES, FINAL_MODEL_NAME
+from entrenar.constants import COPIED_FILES, FINAL_MODEL_NAME
 from entrenar.data import resolve_data_files
 from entrenar.display import Report
 from entrenar.merge.evaluate import ModelScore, score_model
+from entrenar.model_input import ModelInput, copy_model_files, dense_folder, resolve_model_input
 from entrenar.prune.calibration import CalibrationData, load_calibration
 from entrenar.prune.oneshot import PruneReport, prune_model
 from entrenar.prune.spec import DEFAULT_SAMPLES, MAX_DEFAULT_SEQ_LEN, PruneSpec
@@ -67,19 +63,6 @@ class PruneResult:
     model_sparsity: float
     scores: tuple[ModelScore, ...]
     calibration: CalibrationData | None
-
-
-@dataclass(frozen=True)
-class _Source:
-    """The input model: its reference, the folder of its weights, the adapter to fold into it, its record, and the
-    base model ``final_model.json`` names (a training output's own base, else the model itself)."""
-
-    reference: ModelReference
-    folder: Path
-    adapter: Path | None
-    record: dict[str, Any]
-    techniques: tuple[str, ...]
-    base: dict[str, Any]
 
 
 def run_prune(
@@ -120,10 +103,10 @@ def run_prune(
     """
     out = Path(out_dir).absolute()
     _check_request(out, spec, calibration, eval_data)
-    source = _resolve_source(model)
+    source = resolve_model_input(model)
     windows = None
     if calibration is not None:
-        tokenizer = Tokenizer.from_dir(_tokenizer_folder(source))
+        tokenizer = Tokenizer.from_dir(source.tokenizer_folder)
         length = seq_len if seq_len is not None else _default_seq_len(source.folder)
         windows = load_calibration(calibration, tokenizer, samples=samples, seq_len=length, seed=seed)
         log(f"calibration: {windows.samples} windows of {windows.seq_len} tokens from {windows.tokens} tokens")
@@ -133,7 +116,7 @@ def run_prune(
         device = select_device()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-prune-", dir=out.parent) as work:
-        input_dir = _input_folder(source, Path(work) / "input")
+        input_dir = dense_folder(source, Path(work) / "input")
         scores = [score_model("dense", input_dir, eval_data)] if eval_data is not None else []
         staging = Path(work) / "out"
         report, model_sparsity = _prune_and_save(input_dir, staging, spec, windows, device, log)
@@ -170,70 +153,10 @@ def _check_request(
             resolve_data_files(path)
 
 
-def _resolve_source(model: str | os.PathLike[str]) -> _Source:
-    """Resolve the reference; for an adapter folder, resolve its base too (downloaded when a Hub id)."""
-    from entrenar.publish.detect import detect_model_folder, read_training_record
-
-    reference = classify_model_reference(model)
-    folder = resolve_model_folder(reference)
-    record = read_training_record(folder) if reference.kind == "folder" else {}
-    if not (folder / ADAPTER_CONFIG_NAME).is_file():
-        techniques = detect_model_folder(folder).techniques if record else ()
-        base = record.get("base_model") or _base_record(reference, folder, None)
-        return _Source(reference, folder, None, record, techniques, base)
-    from entrenar.publish.export import resolve_base_model
-
-    detected = detect_model_folder(folder)
-    if detected.base_model is None:
-        raise PruningError(f"{folder}: {ADAPTER_CONFIG_NAME} names no base model; fold the adapter in first")
-    base_dir = resolve_base_model(detected.base_model, detected.base_revision, offline=False)
-    base_reference = classify_model_reference(detected.base_model)
-    base = record.get("base_model") or _base_record(base_reference, base_dir, detected.base_revision)
-    return _Source(reference, base_dir, folder, record, detected.techniques, base)
-
-
-def _base_record(reference: ModelReference, folder: Path, revision: str | None) -> dict[str, Any]:
-    """``final_model.json``'s ``base_model`` for a model reference resolved to `folder`."""
-    hub = reference.kind == "hub"
-    return {
-        "path": reference.location if hub else str(Path(reference.location).absolute()),
-        "source": "hub" if hub else "local",
-        "revision": revision if hub else None,
-        "resolved_revision": folder.name if hub else None,
-    }
-
-
-def _tokenizer_folder(source: _Source) -> Path:
-    """The adapter output's tokenizer when it has one (training may change the chat template), else the model's."""
-    if source.adapter is not None and (source.adapter / TOKENIZER_FILE).is_file():
-        return source.adapter
-    return source.folder
-
-
 def _default_seq_len(folder: Path) -> int:
     from entrenar.models import read_config
 
     return min(read_config(folder).max_position_embeddings, MAX_DEFAULT_SEQ_LEN)
-
-
-def _input_folder(source: _Source, work: Path) -> Path:
-    """The dense model's folder: as it is, or with the adapter folded into a copy in `work`."""
-    if source.adapter is None:
-        return source.folder
-    from entrenar.lora.merge import merge_adapter_into_checkpoint
-    from entrenar.prune.marks import adapter_masks
-
-    merge_adapter_into_checkpoint(source.folder, source.adapter, work, masks=adapter_masks(source.adapter))
-    _copy_files(source.adapter, work, (GENERATION_CONFIG_NAME, *TOKENIZER_FILES))
-    return work
-
-
-def _copy_files(source: Path, target: Path, names: tuple[str, ...]) -> None:
-    for name in names:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, target / name)
-    if (source / CHAT_TEMPLATE_DIR).is_dir():
-        shutil.copytree(source / CHAT_TEMPLATE_DIR, target / CHAT_TEMPLATE_DIR, dirs_exist_ok=True)
 
 
 # --------------------------------------------------------------------------------------------- work
@@ -258,7 +181,7 @@ def _prune_and_save(
     zeros = sum(int((p == 0).sum()) for p in parameters)
     model_sparsity = zeros / sum(p.numel() for p in parameters)
     save_pretrained(model.to(dtype), staging)
-    _copy_files(input_dir, staging, COPIED_FILES)
+    copy_model_files(input_dir, staging, COPIED_FILES)
     return report, model_sparsity
 
 
@@ -266,7 +189,7 @@ def _prune_and_save(
 
 
 def _record(
-    source: _Source,
+    source: ModelInput,
     spec: PruneSpec,
     windows: CalibrationData | None,
     report: PruneReport,

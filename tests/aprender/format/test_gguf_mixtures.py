@@ -180,6 +180,7 @@ def test_fallbacks_and_seventy_b_by_hand() -> None:
     one = ModelShape("llama", 1, 1, 1)
     assert tensor_types(rows, FILE_TYPES["q4_k_s"], one) == [T.Q5_0, T.F16, T.Q5_K]
     assert tensor_types(rows, FILE_TYPES["q6_k"], one) == [T.Q8_0, T.F16, T.Q6_K]
+    assert tensor_types(rows, FILE_TYPES["q6_k"], one, fallback=False) == [T.Q6_K, T.Q6_K, T.Q6_K]
     assert tensor_types(rows, FILE_TYPES["f16"], one) == [T.F16, T.F16, T.F16]
     seventy = ModelShape("llama", 80, 8, 1)
     assert seventy.is_70b and not ModelShape("llama", 80, 8, 8).is_70b and ModelShape("qwen2", 80, 8, 8).is_70b

@@ -185,6 +185,7 @@ def tensor_types(
     *,
     has_imatrix: bool = False,
     pure: bool = False,
+    fallback: bool = True,
 ) -> list[GGMLQuantizationType | None]:
     """The type of each tensor in a file of type `kind` (module docstring).
 
@@ -195,6 +196,8 @@ def tensor_types(
         model: The model's hyperparameters.
         has_imatrix: An importance matrix is given (changes Q4_0/Q5_0's first FFN down projections).
         pure: Every quantizable weight gets the default type (``--pure``).
+        fallback: Apply the fallbacks for rows that blocks do not divide; False gives the types wanted before
+            them (to report which tensors fell back).
 
     Returns:
         One type per tensor, in the order given; None for a tensor that is not quantized (it keeps the
@@ -216,7 +219,7 @@ def tensor_types(
         if chosen not in _UNQUANTIZED:
             if not pure:
                 chosen = _mixture(state, chosen, name, shape[-1], kind, model)
-            chosen = _fallback(chosen, shape[-1])
+            chosen = _fallback(chosen, shape[-1]) if fallback else chosen
         result[index] = chosen
     return result
 

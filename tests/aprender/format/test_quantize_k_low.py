@@ -21,6 +21,7 @@ from gguf.constants import GGMLQuantizationType as T
 from safetensors.torch import load_file
 
 from aprender.errors import FormatError
+from aprender.format import quantize_k_low
 from aprender.format.gguf_quants import dequantize
 from aprender.format.quantize_k_low import make_q3_quants, quantize_q2_k, quantize_q3_k
 from fixtures.ggml_quants import ggml_quantize
@@ -99,14 +100,14 @@ def test_bytes_equal_llama_cpp_on_random_data(qtype: T, kind: str, with_imatrix:
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["ref", "imatrix"])
 @pytest.mark.parametrize("qtype", list(QUANTIZERS), ids=lambda t: t.name)
 def test_bytes_equal_llama_cpp_on_smollm2(qtype: T, with_imatrix: bool, smollm2_hf_dir: Path) -> None:
-    """Layer 0's whole q_proj and down_proj and the embeddings of the first 8192 tokens (the whole 49152 take
-    minutes); rows of 576 are not whole K-blocks, so each tensor is read as rows of 2304 = 4 * 576."""
+    """Layer 0's q_proj and down_proj and the embedding, whole (129 600 blocks); rows of 576 are not whole K-blocks,
+    so each tensor is read as rows of 2304 = 4 * 576."""
     state = load_file(smollm2_hf_dir / "model.safetensors")
     rng = np.random.default_rng(3)
     tensors = {
         "q_proj": state["model.layers.0.self_attn.q_proj.weight"],
         "down_proj": state["model.layers.0.mlp.down_proj.weight"],
-        "embed_tokens": state["model.embed_tokens.weight"][:8192],
+        "embed_tokens": state["model.embed_tokens.weight"],
     }
     for tensor in tensors.values():
         x = tensor.float().numpy().reshape(-1, 2304)
@@ -156,6 +157,19 @@ def test_all_zero_rows_give_zero_bytes(qtype: T, with_imatrix: bool) -> None:
     blocks = _quantize(qtype, x, np.ones(512, np.float32) if with_imatrix else None)
     assert blocks.shape == (3, 2 * GGML_QUANT_SIZES[qtype][1])
     assert not blocks.any()
+
+
+@pytest.mark.parametrize("qtype", list(QUANTIZERS), ids=lambda t: t.name)
+def test_slices_of_rows_give_the_bytes_of_one_pass(qtype: T, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows are quantized in slices of about `_CHUNK_BLOCKS` blocks; slices of 3 rows (6 blocks) change nothing."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, 512)).astype(np.float32)
+    imatrix = _imatrix(512, rng)
+    whole = [_quantize(qtype, x, None), _quantize(qtype, x, imatrix)]
+    monkeypatch.setattr(quantize_k_low, "_CHUNK_BLOCKS", 6)
+    assert np.array_equal(_quantize(qtype, x, None), whole[0])
+    assert np.array_equal(_quantize(qtype, x, imatrix), whole[1])
+    assert _quantize(qtype, x[:0], None).shape == (0, 2 * GGML_QUANT_SIZES[qtype][1])
 
 
 def test_make_q3_quants_by_hand() -> None:

@@ -39,6 +39,7 @@ from aprender.format.quant_search import (
 __all__ = ["make_q3_quants", "quantize_q2_k", "quantize_q3_k"]
 
 QK_K = 256
+_CHUNK_BLOCKS = 16384  # blocks quantized at once: 16 MiB of float32 values
 
 
 def _running_max(values: torch.Tensor, magnitude: bool = False) -> torch.Tensor:
@@ -219,14 +220,23 @@ def _quantize(
     values: torch.Tensor,
     imatrix: torch.Tensor | None,
     name: str,
+    type_size: int,
     blocks_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
 ) -> np.ndarray:
-    """Validate, split rows into 256-value blocks (the imatrix repeated per row), quantize, return (rows, bytes)."""
+    """Validate, then quantize slices of whole rows as 256-value blocks (the imatrix repeated for each row).
+
+    Slices of about `_CHUNK_BLOCKS` blocks bound the search's temporaries (some 25 times the slice's values).
+    """
     x, qw = check_rows(values, imatrix, QK_K, name)
-    rows = x.shape[0]
-    blocks = x.reshape(-1, QK_K)
-    weights = None if qw is None else qw.reshape(1, -1).expand(rows, -1).reshape(-1, QK_K)
-    return blocks_fn(blocks, weights).reshape(rows, -1).cpu().numpy()
+    rows, per_row = x.shape[0], x.shape[1] // QK_K
+    step = max(1, _CHUNK_BLOCKS // max(per_row, 1))
+    out = [np.zeros((0, per_row * type_size), np.uint8)]
+    for start in range(0, rows, step):
+        part = x[start : start + step]
+        weights = None if qw is None else qw.reshape(1, -1).expand(part.shape[0], -1).reshape(-1, QK_K)
+        blocks = blocks_fn(part.reshape(-1, QK_K), weights)
+        out.append(blocks.reshape(part.shape[0], per_row * type_size).cpu().numpy())
+    return np.concatenate(out)
 
 
 def quantize_q2_k(values: torch.Tensor, imatrix: torch.Tensor | None = None) -> np.ndarray:
@@ -246,7 +256,7 @@ def quantize_q2_k(values: torch.Tensor, imatrix: torch.Tensor | None = None) -> 
     Raises:
         FormatError: values not 2-D, rows not whole 256-value blocks, or an imatrix of another shape.
     """
-    return _quantize(values, imatrix, "Q2_K", _q2_k_blocks)
+    return _quantize(values, imatrix, "Q2_K", 84, _q2_k_blocks)
 
 
 def quantize_q3_k(values: torch.Tensor, imatrix: torch.Tensor | None = None) -> np.ndarray:
@@ -266,4 +276,4 @@ def quantize_q3_k(values: torch.Tensor, imatrix: torch.Tensor | None = None) -> 
     Raises:
         FormatError: values not 2-D, rows not whole 256-value blocks, or an imatrix of another shape.
     """
-    return _quantize(values, imatrix, "Q3_K", _q3_k_blocks)
+    return _quantize(values, imatrix, "Q3_K", 110, _q3_k_blocks)

@@ -46,7 +46,7 @@ def _running_max(values: torch.Tensor, magnitude: bool = False) -> torch.Tensor:
     """The C scan ``if (v > m) m = v;`` from ``m = 0`` over the last dimension: (n, k) -> (n,) float32.
 
     With `magnitude`, the scan compares ``fabsf(v)`` but keeps the signed v (Q3_K's largest scale).
-    Unlike ``amax`` it never picks a NaN and never returns less than 0 in magnitude.
+    Unlike ``amax`` it skips NaN (a comparison with NaN is false) and gives 0 when nothing exceeds 0.
     """
     best = torch.zeros_like(values[:, 0])
     kept = best

@@ -3,26 +3,30 @@
 Ports of `nearest_int`, `make_qx_quants`, `make_qkx2_quants`, `make_qkx3_quants` and `make_qp_quants` from
 llama.cpp's `ggml/src/ggml-quants.c` (https://github.com/ggml-org/llama.cpp/blob/master/ggml/src/ggml-quants.c).
 Each takes a whole `(n_blocks, block_len)` float32 matrix and does, for every block, the float32 operations the
-C code does for one block, in the same order, so scales and levels come out bit-identical. Three things make
-that hold: sums over a block's elements run one element after another (`sequential_sum`; `torch.sum` adds in a
-tree), a float divided by a tensor is a true division (`rdiv`; torch's `c / t` multiplies by a reciprocal), and
-every constant is the float32 value the C literal denotes (`0.1f`, not the double 0.1). `sqrtf` goes through
-float64 because torch's float32 `sqrt` on CPU is not correctly rounded.
+C code does for one block, in the same order, so scales and levels come out bit-identical. What makes that hold:
+sums over a block's elements run one element after another (`sequential_sum`; `torch.sum` adds in a tree), a
+float divided by a tensor is a true division (`rdiv`, `cdiv`; torch's `c / t` multiplies by a reciprocal),
+`sqrtf` goes through float64 (torch's float32 `sqrt` on CPU is not correctly rounded), and every constant is the
+float32 value the C literal denotes (`0.1f`, not the double 0.1).
 
 Loops run over the few search steps and over a block's positions, each step vectorised across all blocks.
-`check_rows` validates a quantizer's input and `fp16_bytes` writes ggml's `GGML_FP32_TO_FP16`; the quantizers
-in `quantize_legacy` and `quantize_k` share them.
+`quantize_rows` is the quantizers' common frame (validation by `check_rows`, chunks of rows, byte layout) and
+`fp16_bytes` writes ggml's `GGML_FP32_TO_FP16`; `quantize_legacy` and `quantize_k` build on them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from aprender.errors import FormatError
 
 __all__ = [
     "GROUP_MAX_EPS",
+    "BlockFields",
     "cdiv",
     "check_rows",
     "f32",
@@ -34,6 +38,7 @@ __all__ = [
     "make_qp_quants",
     "make_qx_quants",
     "nearest_int",
+    "quantize_rows",
     "rdiv",
     "sequential_sum",
     "sqrtf",
@@ -89,32 +94,42 @@ def fp16_bytes(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float16).reshape(-1, 1).view(torch.uint8)
 
 
-def sequential_sum(values: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum over the last dimension in index order, in float32, as a C `for` loop does.
+def sequential_sum(values: torch.Tensor, start: torch.Tensor | None = None, dim: int = -1) -> torch.Tensor:
+    """Sum over `dim` in index order, in float32, as a C `for` loop does.
 
     Args:
-        values: (..., k) float32.
-        start: (...) the value the sum starts from; C's `float s = 0` when None. ggml's `make_qkx*_quants`
-            start `sum_w` from `weights[0]` (pass `values[..., 1:]` and `start=values[..., 0]`).
+        values: float32, summed over `dim` (fastest when `dim` is 0 of a contiguous tensor: each step adds
+            one contiguous slice).
+        start: the value the sum starts from, shaped as the result; C's `float s = 0` when None. ggml's
+            `make_qkx*_quants` start `sum_w` from `weights[0]` (pass the rest and `start=` the first).
+        dim: the dimension summed over.
 
     Returns:
-        (...) float32, `((start + v[0]) + v[1]) + ...`.
+        `values` without `dim`: `((start + v[0]) + v[1]) + ...`.
     """
-    columns = values.movedim(-1, 0).contiguous()
-    total = torch.zeros_like(columns[0]) if start is None else start
-    for column in columns:
-        total = total + column
+    slices = values.unbind(dim)
+    total = torch.zeros_like(slices[0]) if start is None else start.clone()
+    for piece in slices:
+        total += piece
     return total
 
 
-def first_extreme(x: torch.Tensor, largest: bool) -> torch.Tensor:
-    """The value a C scan `if (x[i] > m) m = x[i]` (or `<`) keeps: (n, k) -> (n, 1), the first of equal extremes.
+def first_extreme(x: torch.Tensor, largest: bool, dim: int = -1) -> torch.Tensor:
+    """The value a C scan `if (x[i] > m) m = x[i]` (or `<`) keeps over `dim`, kept as a size-1 dimension.
 
     It differs from `amax`/`amin` only in the sign of a zero, which reaches the bytes through an fp16 field.
     """
-    extreme = x.amax(dim=-1, keepdim=True) if largest else x.amin(dim=-1, keepdim=True)
-    first = (x == extreme).to(torch.uint8).argmax(dim=-1, keepdim=True)
-    return x.gather(-1, first)
+    extreme = x.amax(dim=dim, keepdim=True) if largest else x.amin(dim=dim, keepdim=True)
+    first = (x == extreme).to(torch.uint8).argmax(dim=dim, keepdim=True)
+    return x.gather(dim, first)
+
+
+BlockFields = Callable[[torch.Tensor, torch.Tensor | None], list[torch.Tensor]]
+"""A type's quantizer proper: float32 (rows, n_per_row) and the imatrix (or None) -> its block fields, each
+(rows * blocks_per_row, field_bytes) of values in [0, 255], in the order the block struct lays them out."""
+
+CHUNK_VALUES = 1 << 22
+"""Rows are quantized in chunks of about this many values, so the searches' intermediates stay near 200 MB."""
 
 
 def check_rows(
@@ -125,7 +140,7 @@ def check_rows(
     Args:
         values: (rows, n_per_row), any float dtype.
         imatrix: None, or (n_per_row,): the importance of each column (llama-quantize's `--imatrix`).
-        block_size: the type's block length; n_per_row must be a multiple of it.
+        block_size: the type's block length; n_per_row must be a positive multiple of it.
         type_name: the type's name for error messages (`"Q4_K"`).
 
     Raises:
@@ -134,7 +149,7 @@ def check_rows(
     if values.ndim != 2:
         raise FormatError(f"{type_name} quantization takes (rows, n_per_row) values, got shape {tuple(values.shape)}")
     n_per_row = values.shape[1]
-    if n_per_row % block_size:
+    if n_per_row % block_size or not n_per_row:
         raise FormatError(f"{type_name} rows hold whole blocks of {block_size} values, but rows have {n_per_row}")
     if imatrix is not None and tuple(imatrix.shape) != (n_per_row,):
         raise FormatError(
@@ -145,11 +160,41 @@ def check_rows(
     return x, qw
 
 
-def _signed_absmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`amax` and the signed value `max` of the first largest |x[i]|, as ggml's scans keep them: 2 x (n, 1)."""
-    magnitude = x.abs()
-    first = magnitude.argmax(dim=-1, keepdim=True)
-    return magnitude.gather(-1, first), x.gather(-1, first)
+def quantize_rows(
+    values: torch.Tensor, imatrix: torch.Tensor | None, ggml_type: GGMLQuantizationType, fields: BlockFields
+) -> np.ndarray:
+    """Validate the input (`check_rows`), quantize it with `fields` in chunks of whole rows, lay out ggml's bytes.
+
+    ggml quantizes each row on its own (the imatrix searches use the row's mean square), so chunks of rows give
+    the same bytes as the whole tensor at once.
+
+    Args:
+        values: (rows, n_per_row), any float dtype (read as float32).
+        imatrix: None, or (n_per_row,): the importance of each column (llama-quantize's `--imatrix`).
+        ggml_type: the target type; n_per_row must be a positive multiple of its block size.
+        fields: the type's quantizer (see `BlockFields`).
+
+    Returns:
+        (rows, n_per_row // block_size * type_size) uint8.
+
+    Raises:
+        FormatError: values not 2-D, rows not whole blocks, or an imatrix of the wrong shape.
+    """
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    x, qw = check_rows(values, imatrix, block_size, ggml_type.name)
+    rows, n_per_row = x.shape
+    out = np.empty((rows, n_per_row // block_size * type_size), dtype=np.uint8)
+    step = max(1, CHUNK_VALUES // n_per_row)
+    for start in range(0, rows, step):
+        chunk = x[start : start + step]
+        packed = torch.cat([f.to(torch.uint8) for f in fields(chunk, qw)], dim=-1)
+        out[start : start + step] = packed.reshape(chunk.shape[0], -1).cpu().numpy()
+    return out
+
+
+def _positions_first(x: torch.Tensor) -> torch.Tensor:
+    """(n_blocks, k) -> (k, n_blocks) contiguous: a block's elements down a column, so sums add whole rows."""
+    return x.t().contiguous()
 
 
 def make_qx_quants(
@@ -171,14 +216,17 @@ def make_qx_quants(
         `x ~ scale * (levels - nmax)`. Blocks whose largest magnitude is below `GROUP_MAX_EPS` get scale 0 and
         levels 0 (not nmax), as in ggml.
     """
-    w = x * x if weights is None else weights
-    amax, vmax = _signed_absmax(x)
+    xt = _positions_first(x)
+    w = xt * xt if weights is None else _positions_first(weights)
+    wx = w * xt
+    magnitude = xt.abs()
+    first = magnitude.argmax(dim=0, keepdim=True)
+    vmax = xt.gather(0, first)
 
     def fit(iscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        levels = nearest_int(iscale * x).clamp(-nmax, nmax - 1)
+        levels = nearest_int(iscale * xt).clamp(-nmax, nmax - 1)
         lf = levels.to(torch.float32)
-        sumlx, suml2 = sequential_sum(torch.stack([w * x * lf, w * lf * lf]))
-        return levels, sumlx, suml2
+        return levels, sequential_sum(wx * lf, dim=0), sequential_sum(w * lf * lf, dim=0)
 
     best_levels, sumlx, suml2 = fit(rdiv(-float(nmax), vmax))
     scale = torch.where(suml2 != 0, sumlx / suml2, 0.0)
@@ -188,20 +236,21 @@ def make_qx_quants(
             continue
         levels, sumlx, suml2 = fit(rdiv(-f32(nmax + f32(f32(0.1) * step)), vmax))
         better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        best_levels = torch.where(better.unsqueeze(-1), levels, best_levels)
+        best_levels = torch.where(better, levels, best_levels)
         scale = torch.where(better, sumlx / suml2, scale)
         best = torch.where(better, scale * sumlx, best)
-    zero = amax.squeeze(-1) < GROUP_MAX_EPS
-    return torch.where(zero, 0.0, scale), torch.where(zero.unsqueeze(-1), 0, best_levels + nmax)
+    zero = magnitude.gather(0, first).squeeze(0) < GROUP_MAX_EPS
+    levels = torch.where(zero, 0, best_levels + nmax).t().contiguous()
+    return torch.where(zero, 0.0, scale), levels
 
 
 def _weighted_error(
-    scale: torch.Tensor, offset: torch.Tensor, levels: torch.Tensor, x: torch.Tensor, w: torch.Tensor, use_mad: bool
+    scale: torch.Tensor, offset: torch.Tensor, levels: torch.Tensor, xt: torch.Tensor, w: torch.Tensor, use_mad: bool
 ) -> torch.Tensor:
-    """Sum of `w * |diff|` or `w * diff**2` with `diff = scale * L + min - x`, in C order: (n,) float32."""
-    diff = scale.unsqueeze(-1) * levels.to(torch.float32) + offset.unsqueeze(-1) - x
+    """Sum over positions of `w * |diff|` or `w * diff**2`, `diff = scale * L + min - x`, in C order: (n,)."""
+    diff = scale * levels.to(torch.float32) + offset - xt
     diff = diff.abs() if use_mad else diff * diff
-    return sequential_sum(w * diff)
+    return sequential_sum(w * diff, dim=0)
 
 
 def make_qkx2_quants(
@@ -232,39 +281,39 @@ def make_qkx2_quants(
         `x ~ scale * levels - the_min`; `the_min` is ggml's output `*the_min = -min`, >= 0. Constant blocks with
         min >= 0 get scale 0 and levels 0.
     """
-    sum_w = sequential_sum(weights[:, 1:], start=weights[:, 0])
-    wx = weights * x
-    sum_x = sequential_sum(wx[:, 1:], start=wx[:, 0])
-    vmin = first_extreme(x, largest=False)
-    vmin = torch.where(vmin > 0, 0.0, vmin)
-    vmax = x.amax(dim=-1, keepdim=True)
-    flat = (vmax == vmin).squeeze(-1)
+    xt, w = _positions_first(x), _positions_first(weights)
+    wx = w * xt
+    sum_w = sequential_sum(w[1:], start=w[0], dim=0)
+    sum_x = sequential_sum(wx[1:], start=wx[0], dim=0)
+    vmin = first_extreme(xt, largest=False, dim=0)
+    offset = torch.where(vmin > 0, 0.0, vmin)  # (1, n): ggml's `min`, updated with each better fit
+    vmax = xt.amax(dim=0, keepdim=True)
+    flat = vmax == offset
 
-    iscale = rdiv(float(nmax), vmax - vmin)
-    scale = rdiv(1.0, iscale).squeeze(-1)
-    offset = vmin.squeeze(-1)
-    levels = nearest_int(iscale * (x - vmin)).clamp(0, nmax)
-    best_error = _weighted_error(scale, offset, levels, x, weights, use_mad)
+    iscale = rdiv(float(nmax), vmax - offset)
+    scale = rdiv(1.0, iscale)
+    levels = nearest_int(iscale * (xt - offset)).clamp(0, nmax)
+    best_error = _weighted_error(scale, offset, levels, xt, w, use_mad)
     for step in range(nstep + 1 if nstep >= 1 else 0):
         factor = f32(f32(f32(rmin) + f32(f32(rdelta) * step)) + nmax)
-        current_min = offset.unsqueeze(-1)  # ggml's loop reads `min` after each improvement, not the block's min
-        trial = nearest_int(rdiv(factor, vmax - current_min) * (x - current_min)).clamp(0, nmax)
-        wl = weights * trial.to(torch.float32)
-        sum_l, sum_l2, sum_xl = sequential_sum(torch.stack([wl, wl * trial.to(torch.float32), wl * x]))
+        trial = nearest_int(rdiv(factor, vmax - offset) * (xt - offset)).clamp(0, nmax)
+        lf = trial.to(torch.float32)
+        wl = w * lf
+        sum_l, sum_l2, sum_xl = (sequential_sum(t, dim=0) for t in (wl, wl * lf, wl * xt))
         det = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
         clamp = this_min > 0
         this_min = torch.where(clamp, 0.0, this_min)
         this_scale = torch.where(clamp, sum_xl / sum_l2, this_scale)
-        error = _weighted_error(this_scale, this_min, trial, x, weights, use_mad)
+        error = _weighted_error(this_scale, this_min, trial, xt, w, use_mad)
         better = (det > 0) & (error < best_error) & ~flat
-        levels = torch.where(better.unsqueeze(-1), trial, levels)
+        levels = torch.where(better, trial, levels)
         best_error = torch.where(better, error, best_error)
         scale = torch.where(better, this_scale, scale)
         offset = torch.where(better, this_min, offset)
-    levels = torch.where(flat.unsqueeze(-1), 0, levels)
-    return torch.where(flat, 0.0, scale), -offset, levels
+    levels = torch.where(flat, 0, levels).t().contiguous()
+    return torch.where(flat, 0.0, scale).squeeze(0), -offset.squeeze(0), levels
 
 
 def make_qkx3_quants(
@@ -303,27 +352,27 @@ def make_qp_quants(x: torch.Tensor, nmax: int, weights: torch.Tensor) -> tuple[t
         what ggml stores in its `uint8_t` array: in [0, nmax], or wrapped modulo 256 where a negative input gave a
         negative level. Blocks whose largest value is below `GROUP_MAX_EPS` get scale 0 and levels 0.
     """
-    vmax = x.amax(dim=-1, keepdim=True)
+    xt, w = _positions_first(x), _positions_first(weights)
+    vmax = xt.amax(dim=0, keepdim=True)
     iscale = rdiv(float(nmax), vmax)
-    levels = wrap_u8(nearest_int(iscale * x))
-    best_scale = rdiv(1.0, iscale)
-    diff = x - best_scale * levels.to(torch.float32)
-    best_mse = sequential_sum(weights * diff * diff)
+    diff = xt - rdiv(1.0, iscale) * wrap_u8(nearest_int(iscale * xt)).to(torch.float32)
+    best_mse = sequential_sum(w * diff * diff, dim=0)
     for step in (-4, -3, -2, -1, 1, 2, 3, 4):
         trial_iscale = rdiv(f32(f32(f32(0.1) * step) + nmax), vmax)
-        trial = nearest_int(trial_iscale * x).clamp(max=nmax).to(torch.float32)
-        diff = x - rdiv(1.0, trial_iscale) * trial
-        mse = sequential_sum(weights * diff * diff)
+        trial = nearest_int(trial_iscale * xt).clamp(max=nmax).to(torch.float32)
+        diff = xt - rdiv(1.0, trial_iscale) * trial
+        mse = sequential_sum(w * diff * diff, dim=0)
         better = mse < best_mse
         best_mse = torch.where(better, mse, best_mse)
-        iscale = torch.where(better.unsqueeze(-1), trial_iscale, iscale)
-    unwrapped = nearest_int(iscale * x).clamp(max=nmax)
+        iscale = torch.where(better, trial_iscale, iscale)
+    unwrapped = nearest_int(iscale * xt).clamp(max=nmax)
     levels = wrap_u8(unwrapped)
-    sumlx, suml2 = sequential_sum(torch.stack([weights * x * unwrapped, weights * unwrapped * unwrapped]))
+    sumlx = sequential_sum(w * xt * unwrapped, dim=0)
+    suml2 = sequential_sum(w * unwrapped * unwrapped, dim=0)
     for _ in range(5):
         changed = torch.zeros_like(sumlx, dtype=torch.bool)
-        for i in range(x.shape[-1]):
-            xi, wi, li = x[:, i], weights[:, i], levels[:, i]
+        for i in range(xt.shape[0]):
+            xi, wi, li = xt[i], w[i], levels[i]
             lf = li.to(torch.float32)
             slx_rest = sumlx - wi * xi * lf
             sl2_rest = suml2 - wi * lf * lf
@@ -332,12 +381,12 @@ def make_qp_quants(x: torch.Tensor, nmax: int, weights: torch.Tensor) -> tuple[t
             slx = slx_rest + wi * xi * nf
             sl2 = sl2_rest + wi * nf * nf
             accept = (slx_rest > 0) & (sl2_rest > 0) & (new != li) & (slx * slx * suml2 > sumlx * sumlx * sl2)
-            levels[:, i] = torch.where(accept, wrap_u8(new), li)
+            levels[i] = torch.where(accept, wrap_u8(new), li)
             sumlx = torch.where(accept, slx, sumlx)
             suml2 = torch.where(accept, sl2, suml2)
             changed |= accept
         if not bool(changed.any()):  # a pass that changes nothing leaves the state, so every later pass, as it was
             break
+    zero = vmax.squeeze(0) < GROUP_MAX_EPS
     scale = torch.where(suml2 > 0, sumlx / suml2, 0.0)
-    zero = vmax.squeeze(-1) < GROUP_MAX_EPS
-    return torch.where(zero, 0.0, scale), torch.where(zero.unsqueeze(-1), 0, levels)
+    return torch.where(zero, 0.0, scale), torch.where(zero, 0, levels).t().contiguous()

@@ -41,11 +41,15 @@ from aprender.format.gguf_export import (
     export_gguf,
     gguf_tensor_name,
 )
+from aprender.format.gguf_mixtures import FILE_TYPES as FILE_TYPES_ALL
+from aprender.format.gguf_mixtures import ModelShape, tensor_types
+from aprender.format.gguf_quantize import quantize_rows
 from aprender.format.gguf_tokenizer import save_gguf_tokenizer
 from fixtures.gguf_vocab import CHAT_TEMPLATE, sentencepiece_vocab
 
 Q = gguf.GGMLQuantizationType
-QTYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
+# the file types whose blocks the gguf package can also write (its quantizer is the oracle of the file's bytes)
+GGUF_PACKAGE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}  # llama.cpp's LLAMA_FTYPE values
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -140,7 +144,22 @@ def imported(exported: Callable[..., Path]) -> Callable[..., Path]:
 # ------------------------------------------------------------------------------------------ tensors
 
 
-@pytest.mark.parametrize("gguf_type", GGUF_TYPES)
+def mixture(path: Path, family: str, gguf_type: str) -> dict[str, int]:
+    """llama-quantize's type of each tensor (`gguf_mixtures`, checked against llama.cpp in its own tests)."""
+    reader = gguf.GGUFReader(path)
+    listed = [(t.name, tuple(int(d) for d in reversed(t.shape.tolist()))) for t in reader.tensors]
+    meta = fields(path)
+    shape = ModelShape(
+        family,
+        meta[f"{family}.block_count"],
+        meta[f"{family}.attention.head_count"],
+        meta[f"{family}.attention.head_count_kv"],
+    )
+    types = tensor_types(listed, FILE_TYPES_ALL[gguf_type], shape)
+    return {name: int(Q.F32 if t is None else t) for (name, _), t in zip(listed, types, strict=True)}
+
+
+@pytest.mark.parametrize("gguf_type", GGUF_PACKAGE_TYPES)
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_tensors_read_back(
     exported: Callable[..., Path], tiny_checkpoints: dict[str, Path], family: str, gguf_type: str
@@ -156,11 +175,12 @@ def test_tensors_read_back(
     tensors = {t.name: t for t in reader.tensors}
     assert set(tensors) == set(expected) | ({"rope_freqs.weight"} if family == "llama" else set())
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
+    types = mixture(path, family, gguf_type)
     for name, hf_name in expected.items():
         tensor, source = tensors[name], original[hf_name].numpy()
         assert tuple(reversed(tensor.shape.tolist())) == source.shape, name  # GGUF lists dims innermost first
-        qtype = QTYPES[gguf_type] if source.ndim == 2 else Q.F32  # norms and biases stay F32
-        assert tensor.tensor_type == qtype, name
+        qtype = types[name]
+        assert tensor.tensor_type == qtype and (source.ndim == 2 or qtype == Q.F32), name  # norms, biases: F32
         role = name.split(".")[-2]
         if family == "llama" and role in heads:  # llama.cpp's row order
             source = llamacpp_permute(source, heads[role])
@@ -168,6 +188,79 @@ def test_tensors_read_back(
         want = gguf.quants.dequantize(gguf.quants.quantize(source, qtype), qtype)
         got = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(source.shape)
         np.testing.assert_array_equal(got, want.reshape(source.shape), err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def wide_llama(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints: dict[str, Path]) -> Path:
+    """A Llama 256 wide (K-quant blocks divide its rows; the tiny models' 64 fall back), untied, 2 layers."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=1024,
+        hidden_size=256,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    folder = tmp_path_factory.mktemp("wide") / "wide"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_checkpoints["llama"] / name, folder / name)
+    return folder
+
+
+# one file type per K-quant default type (the mixtures themselves are checked against llama.cpp in test_gguf_mixtures)
+K_TYPES = ("q2_k", "q3_k_m", "q4_k_m", "q5_k_s", "q6_k")
+
+
+def source_rows(folder: Path, name: str, heads: dict[str, int]) -> torch.Tensor:
+    """The float32 rows the file's tensor `name` was quantized from (llama.cpp's row order for q/k)."""
+    original = st_format.load(folder)
+    values = original[hf_tensor_name(name)].float()
+    role = name.split(".")[-2]
+    return permute_rope_rows(values, heads[role]) if role in heads else values
+
+
+@pytest.mark.parametrize("gguf_type", K_TYPES)
+def test_k_quant_mixtures_hold_our_quantizers_bytes(wide_llama: Path, tmp_path: Path, gguf_type: str) -> None:
+    path = export_gguf(wide_llama, tmp_path / "wide.gguf", gguf_type=gguf_type)
+    types = mixture(path, "llama", gguf_type)
+    assert fields(path)["general.file_type"] == int(FILE_TYPES_ALL[gguf_type].ftype)
+    kinds = {t for t in types.values() if t != Q.F32}
+    assert FILE_TYPES_ALL[gguf_type].default in kinds and (len(kinds) > 1) == (gguf_type != "q6_k")  # a mixture
+    heads = {"attn_q": 4, "attn_k": 2}
+    for tensor in gguf.GGUFReader(path).tensors:
+        assert tensor.tensor_type == types[tensor.name], tensor.name
+        if len(tensor.shape) == 2:  # the quantizer's own bytes, checked against llama.cpp's in its tests
+            want = quantize_rows(source_rows(wide_llama, tensor.name, heads), Q(tensor.tensor_type))
+            np.testing.assert_array_equal(np.asarray(tensor.data).reshape(want.shape), want, err_msg=tensor.name)
+    ids = AutoTokenizer.from_pretrained(wide_llama)(TEXT)["input_ids"]
+    before, after = logits(wide_llama, ids), logits(convert_gguf_to_hf(path, tmp_path / "hf"), ids)
+    assert torch.isfinite(after).all() and (after - before).abs().max() < before.abs().max()
+
+
+def test_an_importance_matrix_weighs_the_blocks(wide_llama: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"GGUF type Q2_K_S needs an importance matrix"):
+        export_gguf(wide_llama, tmp_path / "refused.gguf", gguf_type="q2_k_s")
+    assert not (tmp_path / "refused.gguf").exists()
+    generator = torch.Generator().manual_seed(0)
+    roles = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+    imatrix = {
+        f"blk.{layer}.{role}.weight": torch.rand(256, generator=generator) + 0.01
+        for layer in range(2)
+        for role in roles
+    }
+    path = export_gguf(wide_llama, tmp_path / "wide.gguf", gguf_type="q2_k_s", imatrix=imatrix)
+    plain = export_gguf(wide_llama, tmp_path / "plain.gguf", gguf_type="q2_k", imatrix=imatrix)
+    heads = {"attn_q": 4, "attn_k": 2}
+    for tensor in gguf.GGUFReader(path).tensors:
+        if len(tensor.shape) == 2:
+            weights = imatrix.get(tensor.name)  # the embedding and the head have none, as in llama-imatrix
+            want = quantize_rows(source_rows(wide_llama, tensor.name, heads), Q(tensor.tensor_type), weights)
+            np.testing.assert_array_equal(np.asarray(tensor.data).reshape(want.shape), want, err_msg=tensor.name)
+    assert path.read_bytes() != plain.read_bytes()
 
 
 def test_llama3_rope_freqs_tensor(exported: Callable[..., Path], tiny_checkpoints: dict[str, Path]) -> None:
@@ -265,7 +358,7 @@ def test_named_chat_templates(tmp_path: Path, tiny_checkpoints: dict[str, Path])
 TEXT = "The quick brown fox jumps over the lazy dog. <|im_end|> 42"
 
 
-@pytest.mark.parametrize("gguf_type", GGUF_TYPES)
+@pytest.mark.parametrize("gguf_type", [t for t in GGUF_TYPES if not FILE_TYPES_ALL[t].needs_imatrix])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_import_gives_the_same_logits(
     imported: Callable[..., Path], tiny_checkpoints: dict[str, Path], family: str, gguf_type: str
@@ -593,7 +686,7 @@ def test_unsupported_model_types(tmp_path: Path, tiny_checkpoints: dict[str, Pat
 
 
 def test_bad_gguf_type(tmp_path: Path, tiny_checkpoints: dict[str, Path]) -> None:
-    with pytest.raises(InvalidArgumentError, match="gguf_type 'q4_k' is not supported; use one of f32, f16"):
+    with pytest.raises(InvalidArgumentError, match="GGUF type 'q4_k' is not supported; use one of f32, f16"):
         export_gguf(tiny_checkpoints["llama"], tmp_path / "x.gguf", gguf_type="q4_k")
 
 
@@ -669,15 +762,15 @@ def test_failure_mid_write_leaves_nothing(
 ) -> None:
     target = tmp_path / "model.gguf"
     target.write_bytes(b"previous export")
-    encode, calls = gguf_export._encode, []
+    encode, calls = gguf_export.quantize_rows, []
 
-    def failing(values: np.ndarray, qtype: Any) -> np.ndarray:
+    def failing(values: torch.Tensor, qtype: Any, imatrix: torch.Tensor | None = None) -> np.ndarray:
         calls.append(qtype)
         if len(calls) == 3:
             raise OSError("disk full")
-        return encode(values, qtype)
+        return encode(values, qtype, imatrix)
 
-    monkeypatch.setattr(gguf_export, "_encode", failing)
+    monkeypatch.setattr(gguf_export, "quantize_rows", failing)
     with pytest.raises(OSError, match="disk full"):
         export_gguf(tiny_checkpoints["qwen2"], target, gguf_type="q8_0")
     assert len(calls) == 3  # two tensors were already written to the temp file

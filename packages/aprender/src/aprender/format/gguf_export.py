@@ -10,11 +10,12 @@ https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
 - RoPE rows (`llama` only): `q_proj`/`k_proj` rows are permuted into llama.cpp's interleaved order
   (`permute_rope_rows`). Llama 3 scaling becomes a `rope_freqs.weight` tensor of per-frequency divisors,
   linear and YaRN scaling become `{arch}.rope.scaling.*` keys.
-- Types: 1-D tensors (norms, biases, `rope_freqs`) stay F32 as in llama.cpp; 2-D weights take the requested
-  type. Q8_0/Q4_0 blocks come from the `gguf` package's reference quantizer (`gguf.quants.quantize`, a
-  port of ggml's `quantize_row_q8_0`/`q4_0`). Q4_0 applies to every 2-D weight, embedding and output
-  included (llama-quantize's `--pure`). A weight whose rows are not a multiple of the 32-value block is
-  stored as F16 instead, as llama.cpp does, and a warning names it.
+- Types: a file type as llama-quantize names it (`q4_k_m`, `q8_0`, `f16`, ...: `gguf_mixtures.FILE_TYPES`).
+  1-D tensors (norms, biases, `rope_freqs`) stay F32 as in llama.cpp; each 2-D weight takes the type
+  llama-quantize's mixture gives it (`gguf_mixtures.tensor_types`: more bits for some value and FFN down
+  projections and the output head, fallbacks for rows that blocks do not divide, logged as warnings). The
+  blocks come from our own quantizers, byte-equal to llama.cpp's (`gguf_quantize.quantize_rows`), weighted by
+  an importance matrix when one is given (llama-quantize's `--imatrix`).
 - Tokenizer (`tokenizer.json`, `tokenizer_config.json`): a byte-level BPE becomes `tokenizer.ggml.model`
   "gpt2" with its merges and the `tokenizer.ggml.pre` name llama.cpp's converter gives it
   (`llama_cpp_pre.identify_pre_tokenizer`: by the hash of its ids for a fixed text); a BPE with byte
@@ -47,6 +48,7 @@ from typing import IO, Any
 
 import gguf
 import numpy as np
+import torch
 
 from aprender.atomic import atomic_write
 from aprender.errors import ConversionError, InvalidArgumentError
@@ -59,6 +61,8 @@ from aprender.format.convert import (
     llama3_rope_divisors,
     permute_rope_rows,
 )
+from aprender.format.gguf_mixtures import FILE_TYPES, FileType, ModelShape, file_type, tensor_types
+from aprender.format.gguf_quantize import quantize_rows, row_bytes
 from aprender.format.llama_cpp_pre import identify_pre_tokenizer
 from aprender.format.safetensors import CheckpointReader, open_checkpoint
 from aprender.text import Tokenizer
@@ -67,15 +71,8 @@ __all__ = ["GGUF_TYPES", "SUPPORTED_MODEL_TYPES", "export_gguf", "gguf_tensor_na
 
 _LOG = logging.getLogger(__name__)
 _Q = gguf.GGMLQuantizationType
-# gguf_type -> (type of 2-D weights, general.file_type).
-_TYPES = {
-    "f32": (_Q.F32, gguf.LlamaFileType.ALL_F32),
-    "f16": (_Q.F16, gguf.LlamaFileType.MOSTLY_F16),
-    "bf16": (_Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
-    "q8_0": (_Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
-    "q4_0": (_Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
-}
-GGUF_TYPES = tuple(_TYPES)
+GGUF_TYPES = tuple(FILE_TYPES)
+"""The file types `export_gguf` writes (lower case, as users type them)."""
 # HF model_type -> GGUF architecture (llama.cpp converts Mistral with its Llama code).
 _ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 SUPPORTED_MODEL_TYPES = tuple(_ARCHITECTURES)
@@ -141,12 +138,14 @@ class _Vocab:
 
 @dataclass(frozen=True)
 class _Planned:
-    """One output tensor: its GGUF name, torch-order shape, type and how to get its float32 values."""
+    """One output tensor: its GGUF name, torch-order shape, type, how to get its float32 values, and the
+    importance of its columns (None: the reference quantizer)."""
 
     name: str
     shape: tuple[int, ...]
     qtype: gguf.GGMLQuantizationType
     load: Callable[[], np.ndarray]
+    imatrix: torch.Tensor | None = None
 
 
 # ------------------------------------------------------------------------------------------------ names
@@ -321,23 +320,6 @@ def _add_sampling(writer: gguf.GGUFWriter, generation: Mapping[str, Any]) -> Non
 # ---------------------------------------------------------------------------------------------- tensors
 
 
-def _row_type(name: str, shape: Sequence[int], qtype: gguf.GGMLQuantizationType) -> gguf.GGMLQuantizationType:
-    """1-D tensors stay F32; rows that do not fill whole quantization blocks fall back to F16."""
-    if len(shape) < 2:
-        return _Q.F32
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
-    if shape[-1] % block:
-        _LOG.warning(
-            "%s: rows of %d values are not a multiple of the %s block size %d; stored as F16 (as llama.cpp does)",
-            name,
-            shape[-1],
-            qtype.name,
-            block,
-        )
-        return _Q.F16
-    return qtype
-
-
 def _expected_names(spec: _Spec) -> set[str]:
     names = {"token_embd.weight", "output_norm.weight"} | (set() if spec.tied else {"output.weight"})
     roles = [*_NORMS, *_LINEARS]
@@ -362,7 +344,9 @@ def _expected_shape(name: str, spec: _Spec) -> tuple[int, ...]:
     return (rows,) if suffix == "bias" else (rows, columns)
 
 
-def _plan_tensors(reader: CheckpointReader, spec: _Spec, qtype: gguf.GGMLQuantizationType) -> list[_Planned]:
+def _plan_tensors(
+    reader: CheckpointReader, spec: _Spec, kind: FileType, imatrix: Mapping[str, torch.Tensor] | None
+) -> list[_Planned]:
     """Every output tensor in order, with names, shapes and types checked before anything is written."""
     sources: dict[str, str] = {}
     for hf_name in list(reader.keys()):
@@ -376,8 +360,10 @@ def _plan_tensors(reader: CheckpointReader, spec: _Spec, qtype: gguf.GGMLQuantiz
         problem = f"lacks {missing[:4]}" if missing else f"has tensors beyond config.json: {extra[:4]}"
         raise ConversionError(f"checkpoint {problem}; it does not match its config.json")
     heads = {"attn_q": spec.heads, "attn_k": spec.kv_heads} if spec.arch == "llama" else {}
+    order = sorted(sources, key=_tensor_order)
+    types = _tensor_types(order, shapes, spec, kind, imatrix)
     planned = []
-    for name in sorted(sources, key=_tensor_order):
+    for name, qtype in zip(order, types, strict=True):
         if tuple(shapes[name]) != _expected_shape(name, spec):
             raise ConversionError(
                 f"checkpoint tensor {sources[name]} has shape {list(shapes[name])}; "
@@ -385,8 +371,39 @@ def _plan_tensors(reader: CheckpointReader, spec: _Spec, qtype: gguf.GGMLQuantiz
             )
         role = name.split(".")[2] if name.startswith("blk.") else ""
         load = _loader(reader, sources[name], heads.get(role))
-        planned.append(_Planned(name, shapes[name], _row_type(name, shapes[name], qtype), load))
+        importance = None if imatrix is None or qtype in _UNQUANTIZED else imatrix.get(name)
+        planned.append(_Planned(name, shapes[name], qtype, load, importance))
     return planned
+
+
+_UNQUANTIZED = (_Q.F32, _Q.F16, _Q.BF16)
+
+
+def _tensor_types(
+    names: Sequence[str],
+    shapes: Mapping[str, Sequence[int]],
+    spec: _Spec,
+    kind: FileType,
+    imatrix: Mapping[str, torch.Tensor] | None,
+) -> list[gguf.GGMLQuantizationType]:
+    """llama-quantize's type for each tensor (1-D ones F32); a fallback for rows blocks do not divide is logged."""
+    listed = [(name, tuple(shapes[name])) for name in names]
+    shape = ModelShape(spec.arch, spec.layers, spec.heads, spec.kv_heads)
+    chosen = tensor_types(listed, kind, shape, has_imatrix=imatrix is not None)
+    wanted = tensor_types(listed, kind, shape, has_imatrix=imatrix is not None, fallback=False)
+    types = []
+    for (name, dims), qtype, want in zip(listed, chosen, wanted, strict=True):
+        if qtype != want and qtype is not None and want is not None:
+            _LOG.warning(
+                "%s: rows of %d values are not a multiple of the %s block size %d; stored as %s (as llama.cpp does)",
+                name,
+                dims[-1],
+                want.name,
+                gguf.GGML_QUANT_SIZES[want][0],
+                qtype.name,
+            )
+        types.append(_Q.F32 if qtype is None else qtype)
+    return types
 
 
 def _allowed(name: str, expected: set[str], spec: _Spec) -> bool:
@@ -415,15 +432,8 @@ def _loader(reader: CheckpointReader, hf_name: str, rope_heads: int | None) -> C
     return load
 
 
-def _encode(values: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
-    """float32 values -> the bytes GGUF stores for `qtype` (the gguf package's reference quantizer)."""
-    encoded: np.ndarray = gguf.quants.quantize(np.ascontiguousarray(values, dtype=np.float32), qtype)
-    return encoded
-
-
 def _nbytes(shape: Sequence[int], qtype: gguf.GGMLQuantizationType) -> int:
-    block, size = gguf.GGML_QUANT_SIZES[qtype]
-    return int(np.prod(shape, dtype=np.int64)) // block * size
+    return int(np.prod(shape[:-1], dtype=np.int64)) * row_bytes(qtype, shape[-1])
 
 
 # -------------------------------------------------------------------------------------------- tokenizer
@@ -569,7 +579,7 @@ def _write(writer: gguf.GGUFWriter, planned: Sequence[_Planned], stream: IO[byte
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for tensor in planned:
-            writer.write_tensor_data(_encode(tensor.load(), tensor.qtype))
+            writer.write_tensor_data(quantize_rows(torch.from_numpy(tensor.load()), tensor.qtype, tensor.imatrix))
     finally:
         writer.close()
 
@@ -580,6 +590,7 @@ def export_gguf(
     *,
     gguf_type: str = "f16",
     name: str | None = None,
+    imatrix: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Export a Hugging Face Llama/Mistral/Qwen2 folder to one GGUF file for llama.cpp-based runtimes.
 
@@ -589,8 +600,13 @@ def export_gguf(
     Args:
         model_dir: the Hugging Face model folder.
         out_path: the `.gguf` file to create or replace (its folder is created when missing).
-        gguf_type: type of the 2-D weights: "f16", "bf16", "f32", "q8_0" or "q4_0" (1-D tensors stay F32).
+        gguf_type: the file type, as llama-quantize names it: one of `GGUF_TYPES` (any case), e.g. "q4_k_m",
+            "q8_0", "f16" (1-D tensors stay F32).
         name: `general.name`; the folder's name when None.
+        imatrix: GGUF tensor name -> (in_features,) importance of each column (llama-imatrix's mean squared
+            input, e.g. `entrenar.quant.imatrix.collect_imatrix`): weighs the quantization error and changes
+            the mixture as llama-quantize's `--imatrix` does; required by file types that need one
+            ("q2_k_s"). Weights without an entry use the reference quantizer.
 
     Returns:
         `out_path` as a Path.
@@ -598,23 +614,25 @@ def export_gguf(
     Raises:
         ConversionError: an unsupported model type, RoPE scaling, tokenizer or pre-tokenizer, or weights
             that do not match config.json.
-        InvalidArgumentError: an unknown `gguf_type`.
+        InvalidArgumentError: an unknown `gguf_type`, or one that needs an importance matrix without one.
         FormatError: an unreadable safetensors file.
         TokenizerError: a missing or invalid tokenizer file.
     """
-    if gguf_type not in _TYPES:
-        raise InvalidArgumentError(f"gguf_type {gguf_type!r} is not supported; use one of {', '.join(GGUF_TYPES)}")
+    kind = file_type(gguf_type)
+    if kind.needs_imatrix and imatrix is None:
+        raise InvalidArgumentError(
+            f"GGUF type {kind.name} needs an importance matrix (as llama-quantize does); give calibration data"
+        )
     folder, target = Path(model_dir), Path(out_path)
     config = _read_json(folder / "config.json", required=True)
-    qtype, file_type = _TYPES[gguf_type]
     with open_checkpoint(folder) as reader:
         spec = _model_spec(config, reader.keys())
         writer = gguf.GGUFWriter(None, spec.arch)
-        _add_model_metadata(writer, spec, int(file_type), name or folder.resolve().name)
+        _add_model_metadata(writer, spec, int(kind.ftype), name or folder.resolve().name)
         rope_freqs = _add_rope_scaling(writer, spec)
         _add_sampling(writer, _read_json(folder / "generation_config.json", required=False))
         _add_vocab(writer, _gguf_vocab(folder, config, spec.vocab))
-        planned = _plan_tensors(reader, spec, qtype)
+        planned = _plan_tensors(reader, spec, kind, imatrix)
         if rope_freqs is not None:
             planned.insert(0, _Planned(_ROPE_FREQS, rope_freqs.shape, _Q.F32, lambda: rope_freqs))
         for tensor in planned:

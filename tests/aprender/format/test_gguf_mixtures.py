@@ -22,7 +22,7 @@ from gguf.constants import GGMLQuantizationType as T
 
 from aprender.errors import InvalidArgumentError
 from aprender.format.gguf import read_gguf
-from aprender.format.gguf_mixtures import FILE_TYPES, ModelShape, file_type, tensor_types
+from aprender.format.gguf_mixtures import FILE_TYPES, ModelShape, file_type, file_types, tensor_types
 
 
 def _tensors(shape: ModelShape, hidden: int, ff: int, vocab: int, tied: bool) -> list[tuple[str, tuple[int, ...]]]:
@@ -194,3 +194,13 @@ def test_file_type_names() -> None:
     assert FILE_TYPES["q2_k_s"].needs_imatrix and not FILE_TYPES["q2_k"].needs_imatrix
     with pytest.raises(InvalidArgumentError, match=r"GGUF type 'q4_k_x' is not supported; use one of f32, f16"):
         file_type("q4_k_x")
+
+
+def test_file_type_lists() -> None:
+    assert file_types("Q4_K_M, q8_0") == (FILE_TYPES["q4_k_m"], FILE_TYPES["q8_0"])
+    with pytest.raises(InvalidArgumentError, match=r"GGUF types 'q8_0,,f16' has an empty item"):
+        file_types("q8_0,,f16")
+    with pytest.raises(InvalidArgumentError, match=r"GGUF types 'q8_0,Q8_0' list Q8_0 twice"):
+        file_types("q8_0,Q8_0")
+    with pytest.raises(InvalidArgumentError, match=r"GGUF type 'q9' is not supported"):
+        file_types("q8_0,q9")

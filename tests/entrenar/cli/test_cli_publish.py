@@ -281,3 +281,13 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
     for option in ("--gguf-type", "--no-model-card", "--dry-run", "--endpoint"):
         assert option in out
     assert "Same as `entrenar publish`." in out
+
+
+def test_help_lists_every_gguf_type_publishing_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    from aprender.format.gguf_mixtures import FILE_TYPES
+
+    _run("publish", "--help")
+    out = " ".join(capsys.readouterr().out.split())  # click wraps the help text
+    listed = out.split("--gguf-type TEXT")[1].split("[default: f16]")[0]
+    names = [name.strip(" ,.:") for name in listed.split("(q4_k_m,q8_0: one file each):")[1].split(",")]
+    assert names == [name for name, kind in FILE_TYPES.items() if not kind.needs_imatrix]

@@ -210,6 +210,16 @@ KEY_ERRORS: list[tuple[dict[str, Any], str]] = [
         "publish.gguf_type: applies to publish.format gguf only, not safetensors; remove it",
     ),
     (
+        {"publish": {"repo": "me/x", "format": "gguf", "gguf_type": "q8_0,q4_k"}},
+        "publish.gguf_type: GGUF type 'q4_k' is not supported; use one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, "
+        "q5_1, q2_k, q2_k_s, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k",
+    ),
+    (
+        {"publish": {"repo": "me/x", "format": "gguf", "gguf_type": "q2_k_s"}},
+        "publish.gguf_type: Q2_K_S needs an importance matrix, which publishing does not compute; use entrenar "
+        "quantize --calibration, or another type",
+    ),
+    (
         {"lora": {}, "publish": {"repo": "me/x", "format": "gguf", "merge_adapters": False}},
         "publish.format: gguf needs merged weights; set publish.merge_adapters: true",
     ),

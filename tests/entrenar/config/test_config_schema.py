@@ -118,6 +118,7 @@ KEY_TABLE: list[tuple[str, Any, dict[str, Any], Expected]] = [
     ("publish.merge_adapters", False, {"lora": {}, "publish": {"repo": "me/x"}}, False),
     ("publish.format", "gguf", {"publish": {"repo": "me/x"}}, "gguf"),
     ("publish.gguf_type", "q4_0", {"publish": {"repo": "me/x", "format": "gguf"}}, "q4_0"),
+    ("publish.gguf_type", "Q4_K_M, q8_0", {"publish": {"repo": "me/x", "format": "gguf"}}, "q4_k_m,q8_0"),
     ("publish.endpoint", "http://127.0.0.1:8080", {"publish": {"repo": "me/x"}}, "http://127.0.0.1:8080"),
 ]
 

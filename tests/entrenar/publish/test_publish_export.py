@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from aprender.errors import InvalidArgumentError
 from aprender.hub import upload_folder
 from entrenar.errors import PublishError
 from entrenar.publish.detect import detect_model_folder
@@ -147,13 +148,47 @@ def test_sharded_full_model_with_a_missing_shard_or_bad_index(tmp_path: Path, lo
     [
         ({"merge_adapters": False, "fmt": "gguf"}, "--format gguf needs merged weights"),
         ({"fmt": "onnx"}, "format 'onnx' is not supported"),
-        ({"fmt": "gguf", "gguf_type": "q2_k"}, "gguf type 'q2_k' is not supported"),
+        ({"fmt": "gguf", "gguf_type": "q2_k_s"}, "GGUF type Q2_K_S needs an importance matrix, which publishing"),
         ({"base_model": "./no/such/base"}, "neither a folder here nor a Hub id"),
     ],
 )
 def test_option_errors(tmp_path: Path, lora_output: Any, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(PublishError, match=message):
         export_model(detect_model_folder(lora_output.output), tmp_path / "stage", name="tiny", **kwargs)
+
+
+def test_unknown_or_repeated_gguf_types(tmp_path: Path, lora_output: Any) -> None:
+    folder = detect_model_folder(lora_output.output)
+    with pytest.raises(InvalidArgumentError, match="GGUF type 'q4_k' is not supported; use one of f32, f16"):
+        export_model(folder, tmp_path / "stage", name="tiny", fmt="gguf", gguf_type="q4_k")
+    with pytest.raises(InvalidArgumentError, match="list Q8_0 twice"):
+        export_model(folder, tmp_path / "stage", name="tiny", fmt="gguf", gguf_type="q8_0,Q8_0")
+    assert not (tmp_path / "stage").exists() or not list((tmp_path / "stage").iterdir())
+
+
+def test_several_gguf_types_one_file_each(tmp_path: Path, lora_output: Any) -> None:
+    lines: list[str] = []
+    exported = export_model(
+        detect_model_folder(lora_output.output),
+        tmp_path / "stage",
+        name="tiny",
+        fmt="gguf",
+        gguf_type="q4_k_m,Q8_0",
+        report=lines.append,
+    )
+    assert exported.gguf_files == ("tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf") and exported.gguf_file == "tiny-Q4_K_M.gguf"
+    assert exported.files == ["tiny-Q4_K_M.gguf", "tiny-Q8_0.gguf"]
+    assert [line for line in lines if line.startswith("Exporting as GGUF")] == [
+        "Exporting as GGUF (Q4_K_M): tiny-Q4_K_M.gguf...",
+        "Exporting as GGUF (Q8_0): tiny-Q8_0.gguf...",
+    ]
+    types = {}
+    for name in exported.gguf_files:
+        reader = gguf.GGUFReader(exported.folder / name)
+        types[name] = {t.name: t.tensor_type for t in reader.tensors}
+    # the tiny model's 64-wide rows: Q4_K falls back to Q5_0 (llama.cpp's rule); Q8_0 stays Q8_0
+    assert types["tiny-Q4_K_M.gguf"]["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q5_0
+    assert types["tiny-Q8_0.gguf"]["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q8_0
 
 
 @pytest.mark.parametrize("merge", [True, False])

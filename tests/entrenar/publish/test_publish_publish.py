@@ -128,6 +128,23 @@ def test_gguf_publish_holds_a_readable_gguf(alice: Any, lora_output: Any, tmp_pa
     assert "--hf-file tiny-gguf-Q4_0.gguf" in (folder / "README.md").read_text()
 
 
+def test_several_gguf_types_publish_one_file_each_and_the_card_lists_them(
+    alice: Any, lora_output: Any, tmp_path: Path
+) -> None:
+    result = publish(lora_output.output, "alice/tiny-ggufs", fmt="gguf", gguf_type="q5_k_m,q8_0")
+    assert [f.path for f in result.files] == [
+        "README.md",
+        "loss_curve.svg",
+        "tiny-ggufs-Q5_K_M.gguf",
+        "tiny-ggufs-Q8_0.gguf",
+    ]
+    card = (_download(alice, "alice/tiny-ggufs", tmp_path) / "README.md").read_text()
+    assert (
+        "Files (pick one):" in card and "| `tiny-ggufs-Q5_K_M.gguf` |" in card and "| `tiny-ggufs-Q8_0.gguf` |" in card
+    )
+    assert "--hf-file tiny-ggufs-Q5_K_M.gguf" in card
+
+
 def test_dry_run_lists_the_exact_upload_and_makes_no_request(
     alice: Any, lora_output: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

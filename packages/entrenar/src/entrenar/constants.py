@@ -21,7 +21,6 @@ __all__ = [
     "DATA_FORMATS",
     "DTYPES",
     "FINAL_MODEL_NAME",
-    "GGUF_TYPES",
     "HIDDEN_LOSSES",
     "HIDDEN_SCHEDULES",
     "IGNORE_INDEX",
@@ -58,8 +57,6 @@ DataFormat = Literal["text", "prompt_completion", "alpaca", "messages", "sharegp
 DATA_FORMATS: tuple[DataFormat, ...] = get_args(DataFormat)
 """Training record formats (``data.format`` also takes ``auto``: detect one from the records)."""
 PUBLISH_FORMATS = ("safetensors", "gguf")
-GGUF_TYPES = ("f16", "q8_0", "q4_0")
-"""What ``entrenar publish --gguf-type`` offers (a subset of `aprender.format.gguf_export.GGUF_TYPES`)."""
 
 TRAIN_ON = ("completion", "all")
 """``data.train_on``: the loss on the completions (replies) only, or on every token."""

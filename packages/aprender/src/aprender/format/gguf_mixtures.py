@@ -31,7 +31,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from aprender.errors import InvalidArgumentError
 
-__all__ = ["FILE_TYPES", "FileType", "ModelShape", "file_type", "tensor_types"]
+__all__ = ["FILE_TYPES", "FileType", "ModelShape", "file_type", "file_types", "tensor_types"]
 
 _T = GGMLQuantizationType
 _F = LlamaFileType
@@ -94,6 +94,22 @@ def file_type(name: str) -> FileType:
         return FILE_TYPES[name.lower()]
     except KeyError:
         raise InvalidArgumentError(f"GGUF type {name!r} is not supported; use one of {', '.join(FILE_TYPES)}") from None
+
+
+def file_types(text: str) -> tuple[FileType, ...]:
+    """The file types of a comma-separated list (``q4_k_m,q8_0``), each once, in the order given.
+
+    Raises:
+        InvalidArgumentError: An empty list or item, an unknown name, or a name given twice.
+    """
+    names = [item.strip() for item in text.split(",")]
+    if not all(names):
+        raise InvalidArgumentError(f"GGUF types {text!r} has an empty item; list types like q4_k_m,q8_0")
+    kinds = tuple(file_type(name) for name in names)
+    twice = next((kind.name for i, kind in enumerate(kinds) if kind in kinds[:i]), None)
+    if twice is not None:
+        raise InvalidArgumentError(f"GGUF types {text!r} list {twice} twice; list each type once")
+    return kinds
 
 
 @dataclass(frozen=True)

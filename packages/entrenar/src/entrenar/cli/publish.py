@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from aprender.hub import describe_token_source
-from entrenar.constants import GGUF_TYPES, PUBLISH_FORMATS
+from entrenar.constants import PUBLISH_FORMATS
 from entrenar.display import human_size
 
 if TYPE_CHECKING:
@@ -47,7 +47,12 @@ def _options(function: click.decorators.FC) -> click.decorators.FC:
             show_default=True,
             help="safetensors (Hugging Face layout) or gguf (one file for llama.cpp).",
         ),
-        click.option("--gguf-type", type=click.Choice(GGUF_TYPES), help="GGUF weight type (default f16)."),
+        click.option(
+            "--gguf-type",
+            help="GGUF file type, or several comma-separated (q4_k_m,q8_0: one file each): f32, f16, bf16, q8_0, "
+            "q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k "
+            "[default: f16].",
+        ),
         click.option("--no-model-card", is_flag=True, help="Do not write README.md and loss_curve.svg."),
         click.option("--dry-run", is_flag=True, help="List the files and sizes that would be uploaded; no network."),
         click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)."),

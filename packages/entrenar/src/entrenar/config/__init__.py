@@ -18,7 +18,6 @@ from entrenar.config.resolve import CONFIG_FILENAME, config_to_dict, write_resol
 from entrenar.config.schema import (
     DATA_FORMATS,
     DTYPES,
-    GGUF_TYPES,
     LORA_INITS,
     OPTIMIZER_NAMES,
     PUBLISH_FORMATS,
@@ -45,7 +44,6 @@ __all__ = [
     "CONFIG_FILENAME",
     "DATA_FORMATS",
     "DTYPES",
-    "GGUF_TYPES",
     "LORA_INITS",
     "OPTIMIZER_NAMES",
     "PUBLISH_FORMATS",

@@ -17,7 +17,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from aprender.errors import InvalidRepoIdError, ModelReferenceError
+from aprender.errors import InvalidArgumentError, InvalidRepoIdError, ModelReferenceError
 from aprender.reference import classify_model_reference
 from entrenar.config._values import Context, read_section
 from entrenar.config.schema import (
@@ -223,6 +223,7 @@ def build_publish(raw: object, has_lora: bool, ctx: Context) -> Values:
     _only_for(values, "gguf_type", "publish", "format", ("gguf",), ctx)
     if fmt == "gguf":
         _default(values, "gguf_type", "f16")
+        _check_gguf_types(values, ctx)
         if values.get("merge_adapters") is False:
             ctx.report("publish.format", "gguf needs merged weights; set publish.merge_adapters: true")
     if values.get("endpoint") is not None:
@@ -299,6 +300,26 @@ def _distill_teachers(values: Values, ctx: Context) -> None:
             first = seen.setdefault((entry["path"], entry.get("revision")), i)
             if first != i:
                 ctx.report(f"{where}.path", f"{entry['path']} is already distill.teachers[{first}]; list each once")
+
+
+def _check_gguf_types(values: Values, ctx: Context) -> None:
+    """``publish.gguf_type``: file types publishing can write (no calibration), normalised to ``q4_k_m,q8_0``."""
+    from aprender.format.gguf_mixtures import file_types
+
+    try:
+        kinds = file_types(values["gguf_type"])
+    except InvalidArgumentError as exc:
+        ctx.report("publish.gguf_type", str(exc))
+        return
+    calibrated = [kind.name for kind in kinds if kind.needs_imatrix]
+    if calibrated:
+        ctx.report(
+            "publish.gguf_type",
+            f"{calibrated[0]} needs an importance matrix, which publishing does not compute; use entrenar quantize "
+            "--calibration, or another type",
+        )
+        return
+    values["gguf_type"] = ",".join(kind.name.lower() for kind in kinds)
 
 
 def build_prune(raw: object, has_quantize: bool, max_steps: int | None, ctx: Context) -> Values:

@@ -29,7 +29,6 @@ from entrenar.constants import (
     AUTO_LAYERS,
     DATA_FORMATS,
     DTYPES,
-    GGUF_TYPES,
     HIDDEN_LOSSES,
     HIDDEN_SCHEDULES,
     LORA_INITS,
@@ -43,7 +42,6 @@ from entrenar.prune.spec import PATTERNS as PRUNE_PATTERNS
 __all__ = [
     "DATA_FORMATS",
     "DTYPES",
-    "GGUF_TYPES",
     "LORA_INITS",
     "OPTIMIZER_NAMES",
     "PUBLISH_FORMATS",
@@ -453,7 +451,9 @@ class PublishSection:
         merge_adapters: LoRA/QLoRA only: upload the base with the adapters merged in (true) or the adapter
             alone (false). null means true for LoRA/QLoRA; must stay null for a full fine-tune.
         format: ``safetensors`` (HF layout) or ``gguf`` (needs merged weights).
-        gguf_type: ``gguf`` only: ``f16``, ``q8_0`` or ``q4_0``; null means ``f16`` for ``gguf``.
+        gguf_type: ``gguf`` only: a llama-quantize file type (``f16``, ``q8_0``, ``q4_k_m``, ... every type of
+            ``entrenar quantize`` but ``q2_k_s``, which needs calibration) or a comma-separated list of them
+            (``q4_k_m,q8_0``: one GGUF file each); null means ``f16`` for ``gguf``.
         endpoint: Hub URL (``http://`` or ``https://``); null uses ``HF_ENDPOINT`` or huggingface.co.
     """
 
@@ -462,7 +462,7 @@ class PublishSection:
     model_card: bool = _key(True, kind="bool")
     merge_adapters: bool | None = _key(None, kind="bool", nullable=True)
     format: str = _key("safetensors", kind="str", choices=PUBLISH_FORMATS)
-    gguf_type: str | None = _key(None, kind="str", choices=GGUF_TYPES, nullable=True)
+    gguf_type: str | None = _key(None, kind="str", nullable=True)
     endpoint: str | None = _key(None, kind="str", nullable=True)
 
 

@@ -73,7 +73,8 @@ class CardContext:
         license: The base model's license id, or None when unknown.
         datasets: Hub dataset ids of the training data.
         record: The parsed ``final_model.json`` (may be empty).
-        gguf_file: The GGUF file name (``layout="gguf"`` only).
+        gguf_file: The (first) GGUF file name (``layout="gguf"`` only).
+        gguf_files: Every GGUF file published, with its size in bytes (``layout="gguf"`` only).
         chat: The tokenizer has a chat template (the usage snippet uses it).
         has_loss_curve: ``loss_curve.svg`` is published next to the card.
     """
@@ -86,6 +87,7 @@ class CardContext:
     datasets: tuple[str, ...] = ()
     record: Mapping[str, Any] = field(default_factory=dict)
     gguf_file: str | None = None
+    gguf_files: tuple[tuple[str, int], ...] = ()
     chat: bool = False
     has_loss_curve: bool = False
 
@@ -438,8 +440,12 @@ def _table(header: tuple[str, str], rows: Sequence[tuple[str, str]]) -> str:
 def _usage(ctx: CardContext) -> str:
     repo = ctx.repo_id
     if ctx.layout == "gguf":
+        files = ""
+        if len(ctx.gguf_files) > 1:
+            rows = [(f"`{name}`", f"{size / 2**20:.1f} MiB") for name, size in ctx.gguf_files]
+            files = "Files (pick one):\n\n" + _table(("File", "Size"), rows) + "\n"
         return (
-            "With [llama.cpp](https://github.com/ggml-org/llama.cpp):\n\n```bash\n"
+            files + "With [llama.cpp](https://github.com/ggml-org/llama.cpp):\n\n```bash\n"
             f'llama-cli --hf-repo {repo} --hf-file {ctx.gguf_file} -p "Hello"\n```\n'
         )
     if ctx.layout == "adapter":

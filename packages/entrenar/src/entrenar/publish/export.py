@@ -13,7 +13,8 @@ Three layouts come out (DESIGN.md section 5):
 - ``adapter``: the PEFT layout (``adapter_config.json`` + ``adapter_model.safetensors`` + tokenizer
   files) that ``peft.PeftModel.from_pretrained`` loads; with ``base_model`` given, the adapter
   config's ``base_model_name_or_path`` is rewritten to it (and its ``revision`` cleared).
-- ``gguf``: one ``<name>-<TYPE>.gguf`` file from the merged model (`aprender.format.gguf_export`).
+- ``gguf``: one ``<name>-<TYPE>.gguf`` file per requested file type (``q4_k_m,q8_0``: llama-quantize's
+  types, our quantizers) from the merged model (`aprender.format.gguf_export`).
 
 An adapter trained on a pruned base (``prune:``; ``final_model.json``'s ``prune.masks`` names its masks file)
 is merged into the masked base and the merged weights are masked again, so the published model keeps the
@@ -55,12 +56,12 @@ from aprender.constants import (
 )
 from aprender.errors import HubOfflineError, ModelReferenceError
 from aprender.format.gguf_export import export_gguf
+from aprender.format.gguf_mixtures import FileType, file_types
 from aprender.reference import classify_model_reference, resolve_model_folder
 from entrenar.constants import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     COPIED_FILES,
-    GGUF_TYPES,
     PUBLISH_FORMATS,
 )
 from entrenar.display import Report
@@ -70,7 +71,7 @@ from entrenar.prune.marks import SparsityMark, adapter_masks, check_folder, chec
 from entrenar.publish.card import Layout
 from entrenar.publish.detect import ModelFolder
 
-__all__ = ["ExportedModel", "export_model", "plan_layout", "remask_change", "resolve_base_model"]
+__all__ = ["ExportedModel", "export_model", "gguf_file_types", "plan_layout", "remask_change", "resolve_base_model"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -84,11 +85,12 @@ class ExportedModel:
         layout: ``"model"``, ``"adapter"`` or ``"gguf"``.
         files: Paths written, relative to `folder`.
         base_dir: The base model folder used (merged into, or found locally), or None.
-        gguf_file: Name of the GGUF file (``layout="gguf"`` only).
+        gguf_file: Name of the (first) GGUF file (``layout="gguf"`` only).
         remask: For a merged adapter on a pruned base: the max abs logit change re-masking made on a fixed
             input, the input, and how many merged weights it set to zero; else None.
-        sparsity: For a pruned model: whether the merged weights and the GGUF file kept its zeros
+        sparsity: For a pruned model: whether the merged weights and the GGUF files kept its zeros
             (`entrenar.prune.marks.SparsityCheck.record`), in the order checked.
+        gguf_files: Every GGUF file, in the order of the requested types (``layout="gguf"`` only).
     """
 
     folder: Path
@@ -98,6 +100,7 @@ class ExportedModel:
     gguf_file: str | None = None
     remask: dict[str, Any] | None = None
     sparsity: tuple[dict[str, Any], ...] = ()
+    gguf_files: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -208,7 +211,8 @@ def export_model(
         base_model: The base model (folder or Hub id) to merge into, overriding the adapter's
             ``base_model_name_or_path``; for an adapter published alone, the id written into its config.
         fmt: ``"safetensors"`` or ``"gguf"``.
-        gguf_type: ``"f16"``, ``"q8_0"`` or ``"q4_0"`` (``fmt="gguf"`` only).
+        gguf_type: A llama-quantize file type (``"f16"``, ``"q8_0"``, ``"q4_k_m"`` ...) or a comma-separated
+            list of them, one file each (``fmt="gguf"`` only); not one that needs an importance matrix.
         offline: Use only local files and the HF cache (a dry run).
         max_shard_size: Largest merged safetensors shard, bytes or e.g. ``"5GB"``.
         report: Told each step (default: this module's logger, at INFO).
@@ -223,8 +227,7 @@ def export_model(
         HubError: Downloading the base model failed.
     """
     layout = plan_layout(model, merge_adapters, fmt)
-    if fmt == "gguf" and gguf_type not in GGUF_TYPES:
-        raise PublishError(f"gguf type {gguf_type!r} is not supported; use one of {', '.join(GGUF_TYPES)}")
+    kinds = gguf_file_types(gguf_type) if fmt == "gguf" else ()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if layout == "adapter":
@@ -237,17 +240,39 @@ def export_model(
         report("Exporting as SafeTensors...")  # a merge writes the exported shards as it goes
         written = _write_model(model, out, base_model, offline, max_shard_size, report)
         return ExportedModel(out, layout, _listing(out), written.base_dir, None, written.remask, written.checks)
-    gguf_name = f"{name}-{gguf_type.upper()}.gguf"
+    names: list[str] = []
+    checks: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="entrenar-gguf-") as work:
         written = _write_model(model, Path(work), base_model, offline, max_shard_size, report)
-        report(f"Exporting as GGUF ({gguf_type.upper()}): {gguf_name}...")
-        export_gguf(work, out / gguf_name, gguf_type=gguf_type, name=name)
-    checks = written.checks
-    if written.mark is not None:
-        check = check_gguf(written.mark, f"the GGUF file ({gguf_type.upper()})", out / gguf_name)
-        report(check.line())
-        checks = (*checks, check.record())
-    return ExportedModel(out, layout, _listing(out), written.base_dir, gguf_name, written.remask, checks)
+        checks.extend(written.checks)
+        for kind in kinds:
+            gguf_name = f"{name}-{kind.name}.gguf"
+            report(f"Exporting as GGUF ({kind.name}): {gguf_name}...")
+            export_gguf(work, out / gguf_name, gguf_type=kind.name, name=name)
+            names.append(gguf_name)
+            if written.mark is not None:
+                check = check_gguf(written.mark, f"the GGUF file ({kind.name})", out / gguf_name)
+                report(check.line())
+                checks.append(check.record())
+    listing = _listing(out)
+    return ExportedModel(out, layout, listing, written.base_dir, names[0], written.remask, tuple(checks), tuple(names))
+
+
+def gguf_file_types(text: str) -> tuple[FileType, ...]:
+    """The file types ``--gguf-type`` lists (`aprender.format.gguf_mixtures.file_types`) that publishing writes.
+
+    Raises:
+        InvalidArgumentError: An unknown or repeated type.
+        PublishError: A type that needs an importance matrix (publishing computes none).
+    """
+    kinds = file_types(text)
+    calibrated = [kind.name for kind in kinds if kind.needs_imatrix]
+    if calibrated:
+        raise PublishError(
+            f"GGUF type {calibrated[0]} needs an importance matrix, which publishing does not compute; use "
+            "entrenar quantize --calibration, or another type"
+        )
+    return kinds
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from entrenar.errors import PublishError
 from entrenar.publish.card import CardContext, base_license, hub_dataset_ids, write_model_card
 from entrenar.publish.curve import read_loss_points
 from entrenar.publish.detect import ModelFolder, detect_model_folder
-from entrenar.publish.export import ExportedModel, export_model, plan_layout
+from entrenar.publish.export import ExportedModel, export_model, gguf_file_types, plan_layout
 
 __all__ = [
     "LARGE_FILE_BYTES",
@@ -236,7 +236,8 @@ def publish(
         base_model: Base model folder or Hub id: what to merge into, and the card's ``base_model``
             (default: the adapter's ``base_model_name_or_path`` / the record's ``base_model``).
         fmt: ``"safetensors"`` or ``"gguf"``.
-        gguf_type: ``"f16"`` (None with gguf), ``"q8_0"`` or ``"q4_0"``; only with ``fmt="gguf"``.
+        gguf_type: A llama-quantize file type or a comma-separated list (``"q4_k_m,q8_0"``: one file each);
+            None means ``"f16"``; only with ``fmt="gguf"``.
         model_card: Write ``README.md`` (and ``loss_curve.svg``).
         dry_run: Stage everything and report the files, without any network request.
         endpoint: Hub URL; default ``HF_ENDPOINT`` or https://huggingface.co.
@@ -258,6 +259,8 @@ def publish(
         raise PublishError(f"--gguf-type {gguf_type} applies to --format gguf only; drop it or add --format gguf")
     model = detect_model_folder(model_dir)
     plan_layout(model, merge_adapters, fmt)
+    if fmt == "gguf":
+        gguf_file_types(gguf_type or "f16")  # checked before any request
     if not dry_run:
         account = preflight(repo, private, endpoint, token)
         _LOG.info("publishing to %s as %s (token from %s)", repo, account.user, account.token_source)
@@ -328,6 +331,7 @@ def _write_card(model: ModelFolder, exported: ExportedModel, repo: str, base_mod
         datasets=hub_dataset_ids(model.record),
         record=_with_export_facts(model.record, exported),
         gguf_file=exported.gguf_file,
+        gguf_files=tuple((name, (folder / name).stat().st_size) for name in exported.gguf_files),
         chat=chat,
     )
     points = read_loss_points(model.metrics_path) if model.metrics_path is not None else None

@@ -34,7 +34,7 @@ from aprender.format.quant_search import (
     sqrtf,
 )
 from aprender.format.quantize_k import quantize_q4_k, quantize_q5_k, quantize_q6_k
-from fixtures.ggml_quants import ggml_quantize
+from fixtures.ggml_quants import assert_like_llama_cpp
 from fixtures.threads import torch_threads
 
 Quantizer = Callable[[torch.Tensor, torch.Tensor | None], np.ndarray]
@@ -80,20 +80,6 @@ def _quantize(qtype: T, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.
         return QUANTIZERS[qtype](torch.from_numpy(x), None if imatrix is None else torch.from_numpy(imatrix))
 
 
-def _assert_like_llama_cpp(qtype: T, x: np.ndarray, imatrix: np.ndarray | None) -> None:
-    """Our bytes equal llama.cpp's for >= 99.9% of blocks; any other block reconstructs as well to 1e-6."""
-    size = GGML_QUANT_SIZES[qtype][1]
-    ours = _quantize(qtype, x, imatrix).reshape(-1, size)
-    theirs = ggml_quantize(x, qtype, imatrix).reshape(-1, size)
-    differ = np.flatnonzero((ours != theirs).any(axis=1))
-    assert len(differ) <= 0.001 * len(ours), f"{len(differ)} of {len(ours)} blocks differ"
-    if len(differ):
-        values = torch.from_numpy(x.reshape(-1, 256)[differ])
-        ours_sse = ((dequantize(ours[differ], qtype, values.shape) - values) ** 2).sum(dim=1)
-        theirs_sse = ((dequantize(theirs[differ], qtype, values.shape) - values) ** 2).sum(dim=1)
-        assert torch.all(ours_sse <= theirs_sse * (1 + 1e-6)), (differ, ours_sse, theirs_sse)
-
-
 @pytest.mark.llamacpp
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["ref", "imatrix"])
 @pytest.mark.parametrize("kind", KINDS)
@@ -101,7 +87,7 @@ def _assert_like_llama_cpp(qtype: T, x: np.ndarray, imatrix: np.ndarray | None) 
 def test_bytes_equal_llama_cpp_on_random_data(qtype: T, kind: str, with_imatrix: bool) -> None:
     rng = np.random.default_rng(17)
     x = _data(kind, rng)
-    _assert_like_llama_cpp(qtype, x, _imatrix(x.shape[1], rng) if with_imatrix else None)
+    assert_like_llama_cpp(qtype, x, _imatrix(x.shape[1], rng) if with_imatrix else None)
 
 
 @pytest.mark.slow
@@ -118,8 +104,8 @@ def test_bytes_equal_llama_cpp_on_smollm2(qtype: T, smollm2_hf_dir: Path) -> Non
     ):
         x = state[name].float().numpy()
         x = x if x.shape[1] % 256 == 0 else x.reshape(-1, 2304)
-        _assert_like_llama_cpp(qtype, x, None)
-        _assert_like_llama_cpp(qtype, x[:1024], _imatrix(x.shape[1], rng))
+        assert_like_llama_cpp(qtype, x, None)
+        assert_like_llama_cpp(qtype, x[:1024], _imatrix(x.shape[1], rng))
 
 
 def test_nearest_int_rounds_half_to_even() -> None:

@@ -24,7 +24,7 @@ from aprender.errors import FormatError
 from aprender.format import quant_search
 from aprender.format.gguf_quants import dequantize
 from aprender.format.quantize_legacy import quantize_q4_0, quantize_q4_1, quantize_q5_0, quantize_q5_1, quantize_q8_0
-from fixtures.ggml_quants import ggml_quantize
+from fixtures.ggml_quants import assert_like_llama_cpp
 from fixtures.threads import torch_threads
 
 Quantizer = Callable[[torch.Tensor, torch.Tensor | None], np.ndarray]
@@ -77,20 +77,6 @@ def _quantize(qtype: T, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.
         return QUANTIZERS[qtype](torch.from_numpy(x), None if imatrix is None else torch.from_numpy(imatrix))
 
 
-def _assert_like_llama_cpp(qtype: T, x: np.ndarray, imatrix: np.ndarray | None) -> None:
-    """Our bytes equal llama.cpp's for >= 99.9% of blocks; any other block reconstructs as well to 1e-6."""
-    size = GGML_QUANT_SIZES[qtype][1]
-    ours = _quantize(qtype, x, imatrix).reshape(-1, size)
-    theirs = ggml_quantize(x, qtype, imatrix).reshape(-1, size)
-    differ = np.flatnonzero((ours != theirs).any(axis=1))
-    assert len(differ) <= 0.001 * len(ours), f"{len(differ)} of {len(ours)} blocks differ"
-    if len(differ):
-        values = torch.from_numpy(x.reshape(-1, 32)[differ])
-        ours_sse = ((dequantize(ours[differ], qtype, values.shape) - values) ** 2).sum(dim=1)
-        theirs_sse = ((dequantize(theirs[differ], qtype, values.shape) - values) ** 2).sum(dim=1)
-        assert torch.all(ours_sse <= theirs_sse * (1 + 1e-6)), (differ, ours_sse, theirs_sse)
-
-
 @pytest.mark.llamacpp
 @pytest.mark.parametrize("with_imatrix", [False, True], ids=["ref", "imatrix"])
 @pytest.mark.parametrize("kind", KINDS)
@@ -98,7 +84,7 @@ def _assert_like_llama_cpp(qtype: T, x: np.ndarray, imatrix: np.ndarray | None) 
 def test_bytes_equal_llama_cpp_on_random_data(qtype: T, kind: str, with_imatrix: bool) -> None:
     rng = np.random.default_rng(17)
     x = _data(kind, rng)
-    _assert_like_llama_cpp(qtype, x, _imatrix(x.shape[1], rng) if with_imatrix else None)
+    assert_like_llama_cpp(qtype, x, _imatrix(x.shape[1], rng) if with_imatrix else None)
 
 
 @pytest.mark.slow
@@ -114,8 +100,8 @@ def test_bytes_equal_llama_cpp_on_smollm2(qtype: T, smollm2_hf_dir: Path) -> Non
         "model.embed_tokens.weight",
     ):
         x = state[name].float().numpy()
-        _assert_like_llama_cpp(qtype, x, None)
-        _assert_like_llama_cpp(qtype, x[:2048], _imatrix(x.shape[1], rng))
+        assert_like_llama_cpp(qtype, x, None)
+        assert_like_llama_cpp(qtype, x[:2048], _imatrix(x.shape[1], rng))
 
 
 def _fp16_fields(blocks: np.ndarray, count: int) -> np.ndarray:

@@ -219,7 +219,7 @@ def make_qx_quants(
     xt = _positions_first(x)
     w = xt * xt if weights is None else _positions_first(weights)
     wx = w * xt
-    magnitude = xt.abs()
+    magnitude = xt.abs().nan_to_num(nan=0.0)  # ggml's `fabsf(x) > amax` never picks a NaN; argmax would
     first = magnitude.argmax(dim=0, keepdim=True)
     vmax = xt.gather(0, first)
 

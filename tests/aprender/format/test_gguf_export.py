@@ -458,7 +458,13 @@ def test_rows_off_the_block_size_fall_back_to_f16(
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
     assert types["blk.0.ffn_down.weight"] == Q.Q4_0  # rows of intermediate_size = 64 values
     assert types["blk.0.attn_q.weight"] == types["token_embd.weight"] == types["output.weight"] == Q.F16
-    assert "blk.0.attn_q.weight: rows of 48 values are not a multiple of the Q4_0 block size 32" in caplog.text
+    # one line per kind of fallback: the embedding and six projections (Q4_0 wanted), the head (Q8_0 wanted)
+    assert [record.getMessage() for record in caplog.records] == [
+        "token_embd.weight and 6 more: rows of 48 values are not a multiple of the Q4_0 block size 32; stored as F16 "
+        "(as llama.cpp does)",
+        "output.weight: rows of 48 values are not a multiple of the Q8_0 block size 32; stored as F16 (as llama.cpp "
+        "does)",
+    ]
     ids = AutoTokenizer.from_pretrained(folder)(TEXT)["input_ids"]
     assert torch.isfinite(logits(convert_gguf_to_hf(path, tmp_path / "hf"), ids)).all()
 

@@ -386,24 +386,28 @@ def _tensor_types(
     kind: FileType,
     imatrix: Mapping[str, torch.Tensor] | None,
 ) -> list[gguf.GGMLQuantizationType]:
-    """llama-quantize's type for each tensor (1-D ones F32); a fallback for rows blocks do not divide is logged."""
+    """llama-quantize's type for each tensor (1-D ones F32); fallbacks for rows blocks do not divide are logged, one
+    line per kind of fallback naming the first tensor and how many."""
     listed = [(name, tuple(shapes[name])) for name in names]
     shape = ModelShape(spec.arch, spec.layers, spec.heads, spec.kv_heads)
     chosen = tensor_types(listed, kind, shape, has_imatrix=imatrix is not None)
     wanted = tensor_types(listed, kind, shape, has_imatrix=imatrix is not None, fallback=False)
-    types = []
+    fallbacks: dict[tuple[int, gguf.GGMLQuantizationType, gguf.GGMLQuantizationType], list[str]] = {}
     for (name, dims), qtype, want in zip(listed, chosen, wanted, strict=True):
         if qtype != want and qtype is not None and want is not None:
-            _LOG.warning(
-                "%s: rows of %d values are not a multiple of the %s block size %d; stored as %s (as llama.cpp does)",
-                name,
-                dims[-1],
-                want.name,
-                gguf.GGML_QUANT_SIZES[want][0],
-                qtype.name,
-            )
-        types.append(_Q.F32 if qtype is None else qtype)
-    return types
+            fallbacks.setdefault((dims[-1], want, qtype), []).append(name)
+    for (row, want, got), fell in fallbacks.items():
+        more = f" and {len(fell) - 1} more" if len(fell) > 1 else ""
+        _LOG.warning(
+            "%s%s: rows of %d values are not a multiple of the %s block size %d; stored as %s (as llama.cpp does)",
+            fell[0],
+            more,
+            row,
+            want.name,
+            gguf.GGML_QUANT_SIZES[want][0],
+            got.name,
+        )
+    return [_Q.F32 if qtype is None else qtype for qtype in chosen]
 
 
 def _allowed(name: str, expected: set[str], spec: _Spec) -> bool:

@@ -21,6 +21,7 @@ from entrenar.cli.init import init
 from entrenar.cli.merge import merge_command
 from entrenar.cli.prune import prune_command
 from entrenar.cli.publish import publish_command, push_command
+from entrenar.cli.quantize import quantize_command
 from entrenar.cli.train import train_command
 from entrenar.cli.validate import validate_command
 
@@ -49,6 +50,7 @@ _COMMANDS: list[click.Command] = [
     merge_command,
     distill_cache_command,
     prune_command,
+    quantize_command,
 ]
 for _command in _COMMANDS:
     cli.add_command(_command)

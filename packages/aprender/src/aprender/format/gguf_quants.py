@@ -125,7 +125,7 @@ def _q3_k(b: torch.Tensor) -> torch.Tensor:
     return (dl * q).reshape(n, 256)
 
 
-def _k_scales_mins(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def k_scales_mins(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The 8 6-bit scales and mins packed in 12 bytes (`get_scale_min_k4`): (n, 12) -> 2 x (n, 8) uint8."""
     sd, sm, smd = s[:, 0:4], s[:, 4:8], s[:, 8:12]
     scales = torch.cat([sd & 0x3F, (smd & 0x0F) | ((sd >> 2) & 0x30)], dim=-1)
@@ -136,7 +136,7 @@ def _k_scales_mins(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _k_affine(b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Q4_K/Q5_K output y = (d * scale) * q - dmin * min for codes q: (n, 8, 32) float32 -> (n, 256)."""
     n = b.shape[0]
-    scales, mins = _k_scales_mins(b[:, 4:16])
+    scales, mins = k_scales_mins(b[:, 4:16])
     dl = (_f16(b, 0) * scales.float()).reshape(n, 8, 1)
     ml = (_f16(b, 2) * mins.float()).reshape(n, 8, 1)
     return (dl * q - ml).reshape(n, 256)

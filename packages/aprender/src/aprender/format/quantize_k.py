@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from gguf.constants import GGMLQuantizationType
 
-from aprender.format.gguf_quants import _k_scales_mins
+from aprender.format.gguf_quants import k_scales_mins
 from aprender.format.quant_search import (
     GROUP_MAX_EPS,
     cdiv,
@@ -94,7 +94,7 @@ def _affine_k(x: torch.Tensor, qw: torch.Tensor | None, nmax: int) -> tuple[list
     else:
         d, dmin, ls, lm, levels = _weighted_scales(x, qw, nmax)
     packed = _pack_scales(ls, lm).to(torch.uint8)
-    sc, m = _k_scales_mins(packed)
+    sc, m = k_scales_mins(packed)
     dq = (fp16_round(d).unsqueeze(-1) * sc.to(torch.float32)).reshape(-1, 1)
     mq = (fp16_round(dmin).unsqueeze(-1) * m.to(torch.float32)).reshape(-1, 1)
     requantized = nearest_int((x.reshape(-1, 32) + mq) / dq).clamp(0, nmax)

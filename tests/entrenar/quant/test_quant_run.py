@@ -118,3 +118,21 @@ def test_the_output_must_be_a_gguf_file(
     code, _, stderr = _quantize(capsys, str(tiny_checkpoints["llama"]), tmp_path / "out", "--gguf", "q8_0")
     assert code == 2 and "-o must name a .gguf file, e.g. -o model-Q8_0.gguf" in stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("gguf_type", "verdict"), [("q5_0", "keeps"), ("q4_1", "does not keep")])
+def test_a_pruned_model_hears_whether_the_type_keeps_its_zeros(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], gguf_type: str, verdict: str
+) -> None:
+    from entrenar.prune.run import run_prune
+    from entrenar.prune.spec import make_spec
+
+    pruned = tmp_path / "pruned"
+    run_prune(tiny_checkpoints["llama"], pruned, make_spec("magnitude", sparsity=0.5), log=lambda line: None)
+    code, stdout, stderr = _quantize(capsys, str(pruned), tmp_path / "p.gguf", "--gguf", gguf_type)
+    assert code == 0, stderr
+    # Q5_0 stores zero exactly ((16 - 16) * d); Q4_1's per-block minimum does not (d * q + m)
+    (line,) = [line for line in stdout.splitlines() if " is pruned (" in line]
+    assert line.startswith(
+        f"{pruned} is pruned (Magnitude, 50% unstructured); the GGUF file ({gguf_type.upper()}) {verdict}"
+    )

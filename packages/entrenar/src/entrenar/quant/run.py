@@ -10,7 +10,9 @@
    training device, gives the importance matrix (`entrenar.quant.imatrix`), which weighs the quantization error
    and changes the mixture as llama-quantize's ``--imatrix`` does.
 4. The GGUF file is written (`aprender.format.gguf_export.export_gguf`: llama-quantize's per-tensor types, our
-   quantizers, byte-equal to llama.cpp's), atomically.
+   quantizers, byte-equal to llama.cpp's), atomically. For a pruned model (`entrenar.prune.marks`) its zeros are
+   counted again in the file's decoded weights and the log says whether the type kept them (types with a
+   per-block minimum, Q4_1, Q5_1 and the K-quants, store zero only approximately).
 5. With ``eval_data``: the file is dequantized into a model folder (`aprender.format.convert`, bit-exact with
    ggml's dequantization) and compared with the original (`entrenar.quant.quality`): perplexities, KL of the
    next-token distributions, same top token.
@@ -32,6 +34,7 @@ from entrenar.data import resolve_data_files
 from entrenar.display import Report
 from entrenar.model_input import dense_folder, resolve_model_input
 from entrenar.prune.calibration import CalibrationData, load_calibration
+from entrenar.prune.marks import check_gguf, mark_of, read_mark
 from entrenar.quant.quality import QuantQuality
 
 __all__ = ["DEFAULT_SAMPLES", "DEFAULT_SEQ_LEN", "QuantizeResult", "run_quantize"]
@@ -124,6 +127,11 @@ def run_quantize(
 
         export_gguf(dense, target, gguf_type=kind.name, name=target.stem, imatrix=imatrix)
         log(f"wrote {target.stat().st_size / 2**20:.1f} MiB")
+        mark = mark_of(source.record, os.fspath(model))  # a pruned model, or an adapter trained keeping the zeros
+        if mark is None and source.adapter is not None:
+            mark = read_mark(source.folder)  # a pruned base under an adapter folded without masks
+        if mark is not None:
+            log(check_gguf(mark, f"the GGUF file ({kind.name})", target).line())
         quality = None
         if eval_data is not None:
             quality = _compare(dense, target, Path(work) / "dequantized", eval_data, device)

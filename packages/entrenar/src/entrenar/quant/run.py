@@ -11,8 +11,8 @@
    and changes the mixture as llama-quantize's ``--imatrix`` does.
 4. The GGUF file is written (`aprender.format.gguf_export.export_gguf`: llama-quantize's per-tensor types, our
    quantizers, byte-equal to llama.cpp's), atomically. For a pruned model (`entrenar.prune.marks`) its zeros are
-   counted again in the file's decoded weights and the log says whether the type kept them (types with a
-   per-block minimum, Q4_1, Q5_1 and the K-quants, store zero only approximately).
+   counted again in the file's decoded weights and the log says whether the type kept them (the types with a
+   per-block minimum, Q4_1, Q5_1, Q2_K, Q4_K and Q5_K, keep almost none of them).
 5. With ``eval_data``: the file is dequantized into a model folder (`aprender.format.convert`, bit-exact with
    ggml's dequantization) and compared with the original (`entrenar.quant.quality`): perplexities, KL of the
    next-token distributions, same top token.

@@ -142,14 +142,13 @@ def test_zero_rows_give_ggml_zero_blocks(qtype: T, with_imatrix: bool) -> None:
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_chunks_of_rows_give_the_same_bytes(qtype: T, monkeypatch: pytest.MonkeyPatch) -> None:
-    """ggml quantizes each row on its own, so chunking the rows changes nothing: here two rows a chunk
-    (`quant_search.CHUNK_VALUES`: the legacy types, Q4_K-Q6_K) or three (`quantize_k_low._CHUNK_BLOCKS`: Q2_K, Q3_K)."""
+    """ggml quantizes each row on its own, so chunking the rows (`quant_search.CHUNK_VALUES`; here two rows a
+    chunk) changes nothing."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((7, 512)).astype(np.float32)
     imatrix = random_imatrix(512, rng)
     whole = [our_bytes(qtype, x), our_bytes(qtype, x, imatrix)]
     monkeypatch.setattr(quant_search, "CHUNK_VALUES", 1024)
-    monkeypatch.setattr(quantize_k_low, "_CHUNK_BLOCKS", 6)
     np.testing.assert_array_equal(our_bytes(qtype, x), whole[0])
     np.testing.assert_array_equal(our_bytes(qtype, x, imatrix), whole[1])
     assert our_bytes(qtype, x[:0]).shape == (0, row_bytes(qtype, 512))

@@ -18,11 +18,12 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from gguf.constants import GGMLQuantizationType
 
 from aprender.format.quant_search import (
     GROUP_MAX_EPS,
+    BlockFields,
     cdiv,
-    check_rows,
     fp16_bytes,
     fp16_round,
     make_qkx2_quants,
@@ -30,6 +31,7 @@ from aprender.format.quant_search import (
     make_qp_quants,
     make_qx_quants,
     nearest_int,
+    quantize_rows,
     rdiv,
     sequential_sum,
     sqrtf,
@@ -39,7 +41,6 @@ from aprender.format.quant_search import (
 __all__ = ["make_q3_quants", "quantize_q2_k", "quantize_q3_k"]
 
 QK_K = 256
-_CHUNK_BLOCKS = 16384  # blocks quantized at once: 16 MiB of float32 values
 
 
 def _running_max(values: torch.Tensor, magnitude: bool = False) -> torch.Tensor:
@@ -216,27 +217,15 @@ def _q2_k_blocks(x: torch.Tensor, qw: torch.Tensor | None) -> torch.Tensor:
     return torch.cat([packed.to(torch.uint8), _pack_2bit(levels), fp16_bytes(d), fp16_bytes(dmin)], dim=1)
 
 
-def _quantize(
-    values: torch.Tensor,
-    imatrix: torch.Tensor | None,
-    name: str,
-    type_size: int,
-    blocks_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-) -> np.ndarray:
-    """Validate, then quantize slices of whole rows as 256-value blocks (the imatrix repeated for each row).
+def _row_blocks(blocks_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]) -> BlockFields:
+    """`blocks_fn` ((n, 256) values and their weights -> (n, type_size) bytes) as `quantize_rows` takes it: rows
+    read as 256-value blocks, the imatrix repeated for each row."""
 
-    Slices of about `_CHUNK_BLOCKS` blocks bound the search's temporaries (some 25 times the slice's values).
-    """
-    x, qw = check_rows(values, imatrix, QK_K, name)
-    rows, per_row = x.shape[0], x.shape[1] // QK_K
-    step = max(1, _CHUNK_BLOCKS // max(per_row, 1))
-    out = [np.zeros((0, per_row * type_size), np.uint8)]
-    for start in range(0, rows, step):
-        part = x[start : start + step]
-        weights = None if qw is None else qw.reshape(1, -1).expand(part.shape[0], -1).reshape(-1, QK_K)
-        blocks = blocks_fn(part.reshape(-1, QK_K), weights)
-        out.append(blocks.reshape(part.shape[0], per_row * type_size).cpu().numpy())
-    return np.concatenate(out)
+    def fields(x: torch.Tensor, qw: torch.Tensor | None) -> list[torch.Tensor]:
+        weights = None if qw is None else qw.reshape(1, -1).expand(x.shape[0], -1).reshape(-1, QK_K)
+        return [blocks_fn(x.reshape(-1, QK_K), weights)]
+
+    return fields
 
 
 def quantize_q2_k(values: torch.Tensor, imatrix: torch.Tensor | None = None) -> np.ndarray:
@@ -256,7 +245,7 @@ def quantize_q2_k(values: torch.Tensor, imatrix: torch.Tensor | None = None) -> 
     Raises:
         FormatError: values not 2-D, rows not whole 256-value blocks, or an imatrix of another shape.
     """
-    return _quantize(values, imatrix, "Q2_K", 84, _q2_k_blocks)
+    return quantize_rows(values, imatrix, GGMLQuantizationType.Q2_K, _row_blocks(_q2_k_blocks))
 
 
 def quantize_q3_k(values: torch.Tensor, imatrix: torch.Tensor | None = None) -> np.ndarray:
@@ -266,14 +255,6 @@ def quantize_q3_k(values: torch.Tensor, imatrix: torch.Tensor | None = None) -> 
     Without an imatrix the fit weighs values by x**2 (``quantize_row_q3_K_ref``, `make_q3_quants`); with one, by
     ``imatrix * sqrt(2 * mean(x**2) + x**2)`` (``quantize_row_q3_K_impl``, `make_qx_quants`).
 
-    Args:
-        values: (rows, n_per_row) float (read as float32), n_per_row a multiple of 256.
-        imatrix: optional (n_per_row,), the importance of each column (llama-quantize's ``--imatrix``).
-
-    Returns:
-        uint8 (rows, n_per_row // 256 * 110): the block_q3_K bytes of each row.
-
-    Raises:
-        FormatError: values not 2-D, rows not whole 256-value blocks, or an imatrix of another shape.
+    Args, Raises: as `quantize_q2_k`. Returns uint8 (rows, n_per_row // 256 * 110): the block_q3_K bytes of each row.
     """
-    return _quantize(values, imatrix, "Q3_K", 110, _q3_k_blocks)
+    return quantize_rows(values, imatrix, GGMLQuantizationType.Q3_K, _row_blocks(_q3_k_blocks))

@@ -135,7 +135,7 @@ def _q6_k(x: torch.Tensor, qw: torch.Tensor | None) -> list[torch.Tensor]:
     weights = None if qw is None else qw.reshape(1, -1).expand(x.shape[0], -1).reshape(-1, 16)
     scales, levels = make_qx_quants(sub, 32, weights)
     scales = scales.reshape(-1, 16)
-    magnitude = scales.abs()
+    magnitude = scales.abs().nan_to_num(nan=0.0)  # ggml's `fabsf(scale) > max_abs_scale` scan never picks a NaN
     first = magnitude.argmax(dim=-1, keepdim=True)
     zero = magnitude.gather(-1, first) < GROUP_MAX_EPS  # (n, 1): the block is written as 210 zero bytes
     iscale = rdiv(-128.0, scales.gather(-1, first))

@@ -29,6 +29,8 @@ __all__ = [
     "METRICS_NAME",
     "OUTPUTS",
     "PUBLISH_FORMATS",
+    "QUANTIZE_SAMPLES",
+    "QUANTIZE_SEQ_LEN",
     "QUANT_TYPES",
     "TECHNIQUE_NAMES",
     "TRAINER_STATE_NAME",
@@ -87,3 +89,8 @@ TRAINER_STATE_NAME = "trainer_state.json"
 """Written into every ``checkpoints/step-N/``: a folder holding it is a checkpoint, not a finished model."""
 COPIED_FILES = (*CONFIG_FILES, *TOKENIZER_FILES)
 """Files of a model folder that describe the model and travel with its (merged) weights."""
+
+QUANTIZE_SAMPLES = 128
+"""``entrenar quantize --samples`` by default: calibration windows."""
+QUANTIZE_SEQ_LEN = 512
+"""``entrenar quantize --seq-len`` by default: llama-imatrix's default context."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from aprender.format.gguf_mixtures import FILE_TYPES
-from entrenar.quant.run import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
+from entrenar.constants import QUANTIZE_SAMPLES, QUANTIZE_SEQ_LEN
 
 __all__ = ["quantize_command"]
 
@@ -22,8 +22,8 @@ __all__ = ["quantize_command"]
 @click.option("--gguf", "gguf_type", required=True, help=f"GGUF file type: {', '.join(FILE_TYPES)}.")
 @click.option("-o", "--output", "out", required=True, help="The .gguf file to write.")
 @click.option("--calibration", help="Text or JSONL for the importance matrix: a file, folder or glob.")
-@click.option("--samples", type=int, default=DEFAULT_SAMPLES, show_default=True, help="Calibration windows.")
-@click.option("--seq-len", type=int, default=DEFAULT_SEQ_LEN, show_default=True, help="Tokens per window.")
+@click.option("--samples", type=int, default=QUANTIZE_SAMPLES, show_default=True, help="Calibration windows.")
+@click.option("--seq-len", type=int, default=QUANTIZE_SEQ_LEN, show_default=True, help="Tokens per window.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the window draw.")
 @click.option("--eval-data", help="Text to compare the quantized model with the original on.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors (as entrenar --debug).")

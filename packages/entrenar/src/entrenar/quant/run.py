@@ -30,6 +30,7 @@ import torch
 from aprender.errors import InvalidArgumentError
 from aprender.format.gguf_mixtures import FileType, file_type
 from aprender.text import Tokenizer
+from entrenar.constants import QUANTIZE_SAMPLES, QUANTIZE_SEQ_LEN
 from entrenar.data import resolve_data_files
 from entrenar.display import Report
 from entrenar.model_input import dense_folder, resolve_model_input
@@ -39,9 +40,9 @@ from entrenar.quant.quality import QuantQuality
 
 __all__ = ["DEFAULT_SAMPLES", "DEFAULT_SEQ_LEN", "QuantizeResult", "run_quantize"]
 
-DEFAULT_SAMPLES = 128
+DEFAULT_SAMPLES = QUANTIZE_SAMPLES
 """Calibration windows by default."""
-DEFAULT_SEQ_LEN = 512
+DEFAULT_SEQ_LEN = QUANTIZE_SEQ_LEN
 """Tokens per calibration window by default: llama-imatrix's default context."""
 
 

@@ -183,8 +183,9 @@ def group_counts(zero: torch.Tensor, setting: Setting) -> tuple[torch.Tensor, to
     raise SparsityError(f"no comparison group known for method {setting.method!r}")
 
 
-def check_weight(name: str, weight: torch.Tensor, setting: Setting, dense: torch.Tensor) -> int:
-    """The zeros of one pruned (out, in) weight, once checked to be exactly what `setting`'s method guarantees.
+def check_weight(name: str, weight: torch.Tensor, setting: Setting, dense: torch.Tensor) -> tuple[int, int]:
+    """The zeros of one pruned (out, in) weight and how many its method pruned, once checked to be exactly what
+    `setting`'s method guarantees.
 
     Each comparison group (`group_counts`) loses exactly its count. A weight already zero in the dense model scores
     lowest, so it is pruned first, and a group holding more such zeros than it prunes keeps the rest as zeros:
@@ -197,6 +198,10 @@ def check_weight(name: str, weight: torch.Tensor, setting: Setting, dense: torch
         weight: The pruned weight.
         setting: How it was pruned.
         dense: The same weight before pruning.
+
+    Returns:
+        (zeros, pruned): the weight's zeros, and the sum of the groups' pruned counts (fewer where a dense zero
+        was kept).
 
     Raises:
         SparsityError: A count outside what the method guarantees, naming the first group where it is.
@@ -216,17 +221,19 @@ def check_weight(name: str, weight: torch.Tensor, setting: Setting, dense: torch
             f"{name}: {int(wrong.sum())} wrong counts of zeros in each {group}; first at {where}: {int(zeros[where])} "
             f"zeros where {int(pruned[where])} are pruned and the dense weight has {int(before[where])}"
         )
-    return int(zeros.sum())
+    return int(zeros.sum()), int(pruned.sum())
 
 
 @dataclass(frozen=True)
 class Sparsity:
-    """Zeros counted in a model file: in the pruned (decoder linear) weights and in every tensor."""
+    """Zeros counted in a model file: in the pruned (decoder linear) weights and in every tensor; `kept_zeros` of
+    the pruned weights' zeros are beyond what their method pruned (zeros of the dense model kept, `check_weight`)."""
 
     pruned_zeros: int
     pruned_weights: int
     model_zeros: int
     model_weights: int
+    kept_zeros: int = 0
 
     @property
     def pruned(self) -> float:
@@ -253,7 +260,7 @@ def check_model(folder: Path, setting: Setting, modules: Sequence[str], dense: P
     from safetensors import safe_open
 
     linear = re.compile(r"model\.layers\.\d+\..+\.weight")
-    pruned_zeros = pruned_weights = model_zeros = model_weights = 0
+    pruned_zeros = pruned_weights = model_zeros = model_weights = kept_zeros = 0
     found = []
     with (
         safe_open(str(folder / "model.safetensors"), framework="pt") as file,
@@ -264,12 +271,13 @@ def check_model(folder: Path, setting: Setting, modules: Sequence[str], dense: P
             zeros = int((tensor == 0).sum())
             if linear.fullmatch(key) and tensor.dim() == 2:
                 found.append(key.removesuffix(".weight"))
-                zeros = check_weight(key, tensor, setting, before.get_tensor(key))
+                zeros, pruned = check_weight(key, tensor, setting, before.get_tensor(key))
+                kept_zeros += zeros - pruned
                 pruned_zeros, pruned_weights = pruned_zeros + zeros, pruned_weights + tensor.numel()
             model_zeros, model_weights = model_zeros + zeros, model_weights + tensor.numel()
     if sorted(found) != sorted(modules):
         raise SparsityError(f"{folder}: pruned modules {sorted(set(modules) ^ set(found))} are not the decoder linears")
-    return Sparsity(pruned_zeros, pruned_weights, model_zeros, model_weights)
+    return Sparsity(pruned_zeros, pruned_weights, model_zeros, model_weights, kept_zeros)
 
 
 # ----------------------------------------------------------------------------------------------- reuse
@@ -347,7 +355,11 @@ def prune(
         found.model, record["model_sparsity"]
     ):
         raise SparsityError(f"{out}: the file's sparsity {found} is not what final_model.json reports")
-    print(f"{setting.name}: every pruned weight has exactly the zeros {setting.method} guarantees", flush=True)
+    print(
+        f"{setting.name}: every pruned weight has exactly the zeros {setting.method} guarantees ({found.pruned_zeros}"
+        f" zeros, {found.kept_zeros} of them zeros of the dense model kept beyond the pruned count)",
+        flush=True,
+    )
     return Row(setting.method, setting.shape, values["perplexity"], found.pruned, found.model, values["seconds"])
 
 
@@ -539,9 +551,9 @@ def describe_data(data: tuple[Path, Path], base: Path, args: argparse.Namespace)
 
 
 def recovery_rows(root: Path, base: Path, data: tuple[Path, Path], eval_key: str, steps: int) -> list[Row]:
-    """The dense model and `RECOVERED`'s output, each with the LoRA recipe (`recover`)."""
+    """`RECOVERED`'s output and the dense model, each with the LoRA recipe (`recover`)."""
     rows = []
-    for name, setting in (("dense + LoRA", None), (f"{RECOVERED.method} + LoRA (keep)", RECOVERED)):
+    for name, setting in ((f"{RECOVERED.method} + LoRA (keep)", RECOVERED), ("dense + LoRA", None)):
         model = base if setting is None else root / "pruned" / setting.name
         key = {"base": sha256(model / "model.safetensors"), "eval": eval_key}
         folder = root / "recovery" / ("dense" if setting is None else setting.name)
@@ -577,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     recovered = recovery_rows(root, base, data, inputs["eval"], args.recovery_steps) if args.recovery_steps else []
     if recovered:
         pruned = next(row for row in rows if (row.model, row.pattern) == (RECOVERED.method, RECOVERED.shape))
-        tables.append(report([rows[0], recovered[0], pruned, recovered[1]]))
+        tables.append(report([rows[0], recovered[1], pruned, recovered[0]]))
     results |= {"rows": [asdict(row) for row in rows], "recovery": [asdict(row) for row in recovered]}
     (root / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     print("\n\n" + "\n\n".join(tables))

@@ -67,8 +67,8 @@ def test_check_weight_counts_exactly(bench: ModuleType) -> None:
     dense = _zeroed(4, 8)
     half = torch.zeros(4, 8, dtype=torch.bool)
     half[:, :4] = True  # each row's first half
-    assert bench.check_weight("w", _zeroed(4, 8, half), wanda, dense) == 16
-    assert bench.check_weight("w", _zeroed(4, 8, half), magnitude, dense) == 16
+    assert bench.check_weight("w", _zeroed(4, 8, half), wanda, dense) == (16, 16)
+    assert bench.check_weight("w", _zeroed(4, 8, half), magnitude, dense) == (16, 16)
     more = half.clone()
     more[2, 5] = True
     with pytest.raises(
@@ -81,12 +81,12 @@ def test_check_weight_counts_exactly(bench: ModuleType) -> None:
         bench.check_weight("w", _zeroed(4, 8, more), magnitude, dense)
     moved = more.clone()
     moved[3, 0] = False  # the tensor's count is right again, two rows' are not
-    assert bench.check_weight("w", _zeroed(4, 8, moved), magnitude, dense) == 16
+    assert bench.check_weight("w", _zeroed(4, 8, moved), magnitude, dense) == (16, 16)
     with pytest.raises(bench.SparsityError, match=r"2 wrong counts of zeros in each row \(row\); first at \(2,\)"):
         bench.check_weight("w", _zeroed(4, 8, moved), wanda, dense)
     odd = torch.zeros(3, 5, dtype=torch.bool)
     odd.view(-1)[:7] = True  # floor(0.5 * 15)
-    assert bench.check_weight("w", _zeroed(3, 5, odd), magnitude, _zeroed(3, 5)) == 7
+    assert bench.check_weight("w", _zeroed(3, 5, odd), magnitude, _zeroed(3, 5)) == (7, 7)
 
 
 def test_check_weight_groups_and_blocks(bench: ModuleType) -> None:
@@ -94,7 +94,7 @@ def test_check_weight_groups_and_blocks(bench: ModuleType) -> None:
     dense = _zeroed(2, 16)
     for method in ("magnitude", "wanda", "sparsegpt"):
         setting = bench.Setting(method, pattern="2:4")
-        assert bench.check_weight("w", _zeroed(2, 16, two_of_four), setting, dense) == 16
+        assert bench.check_weight("w", _zeroed(2, 16, two_of_four), setting, dense) == (16, 16)
     moved = two_of_four.clone()
     moved[1, 2], moved[1, 5] = False, True  # same count per row, groups of 1 and 3 zeros
     with pytest.raises(bench.SparsityError, match=r"2 wrong counts of zeros in each group of 4 .* \(1, 0\)"):
@@ -103,7 +103,7 @@ def test_check_weight_groups_and_blocks(bench: ModuleType) -> None:
     blocks = torch.zeros(2, 200, dtype=torch.bool)
     blocks[0, :128], blocks[1, 128:200] = True, True
     sparsegpt = bench.Setting("sparsegpt", 0.5)
-    assert bench.check_weight("w", _zeroed(2, 200, blocks), sparsegpt, _zeroed(2, 200)) == 200
+    assert bench.check_weight("w", _zeroed(2, 200, blocks), sparsegpt, _zeroed(2, 200)) == (200, 200)
     blocks[0, 127], blocks[0, 128] = False, True  # the layer still has 200 zeros, the blocks 127 and 73
     with pytest.raises(bench.SparsityError, match=r"2 wrong counts of zeros in each block of 128 columns"):
         bench.check_weight("w", _zeroed(2, 200, blocks), sparsegpt, _zeroed(2, 200))
@@ -115,7 +115,8 @@ def test_check_weight_allows_the_dense_models_zeros(bench: ModuleType) -> None:
     dense = _zeroed(1, 8, three)
     magnitude, sparsegpt = bench.Setting("magnitude", pattern="2:4"), bench.Setting("sparsegpt", pattern="2:4")
     kept = three | torch.tensor([[False] * 4 + [True, True, False, False]])
-    assert bench.check_weight("w", _zeroed(1, 8, kept), magnitude, dense) == 5
+    # one dense zero kept beyond the 4 pruned
+    assert bench.check_weight("w", _zeroed(1, 8, kept), magnitude, dense) == (5, 4)
     with pytest.raises(
         bench.SparsityError, match=r"first at \(0, 0\): 3 zeros where 2 are pruned and the dense weight has 0"
     ):
@@ -124,7 +125,7 @@ def test_check_weight_allows_the_dense_models_zeros(bench: ModuleType) -> None:
     with pytest.raises(bench.SparsityError, match="a weight zero in the dense model is non-zero after magnitude"):
         bench.check_weight("w", _zeroed(1, 8, two), magnitude, dense)
     # SparseGPT's updates may move a dense zero (2 zeros here), never leave fewer than it pruned.
-    assert bench.check_weight("w", _zeroed(1, 8, two), sparsegpt, dense) == 4
+    assert bench.check_weight("w", _zeroed(1, 8, two), sparsegpt, dense) == (4, 4)
     with pytest.raises(
         bench.SparsityError, match=r"first at \(0, 0\): 1 zeros where 2 are pruned and the dense weight has 3"
     ):
@@ -148,7 +149,7 @@ def test_main_prunes_checks_scores_and_recovers(
     # counts (per tensor, per row, per group and per block): exactly half of each is zero.
     assert all(row["pruned_sparsity"] == 0.5 for key, row in rows.items() if key != ("dense", ""))
     assert all(row["perplexity"] > 1 for row in rows.values())
-    dense_lora, recovered = results["recovery"]
+    recovered, dense_lora = results["recovery"]
     assert dense_lora["model"] == "dense + LoRA" and recovered["model"] == "wanda + LoRA (keep)"
     assert (
         recovered["pruned_sparsity"] == 0.5

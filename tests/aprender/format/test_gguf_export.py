@@ -39,6 +39,7 @@ from aprender.format.gguf_export import (
     GGUF_TYPES,
     SUPPORTED_MODEL_TYPES,
     export_gguf,
+    export_tensor_types,
     gguf_tensor_name,
 )
 from aprender.format.gguf_mixtures import FILE_TYPES as FILE_TYPES_ALL
@@ -231,6 +232,8 @@ def test_k_quant_mixtures_hold_our_quantizers_bytes(wide_llama: Path, tmp_path: 
     kinds = {t for t in types.values() if t != Q.F32}
     assert FILE_TYPES_ALL[gguf_type].default in kinds and (len(kinds) > 1) == (gguf_type != "q6_k")  # a mixture
     heads = {"attn_q": 4, "attn_k": 2}
+    planned = export_tensor_types(wide_llama, gguf_type)  # what QAT trains each weight for
+    assert {gguf_tensor_name(name): qtype for name, qtype in planned.items()} == types
     for tensor in gguf.GGUFReader(path).tensors:
         assert tensor.tensor_type == types[tensor.name], tensor.name
         if len(tensor.shape) == 2:  # the quantizer's own bytes, checked against llama.cpp's in its tests

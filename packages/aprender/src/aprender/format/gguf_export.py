@@ -67,7 +67,7 @@ from aprender.format.llama_cpp_pre import identify_pre_tokenizer
 from aprender.format.safetensors import CheckpointReader, open_checkpoint
 from aprender.text import Tokenizer
 
-__all__ = ["GGUF_TYPES", "SUPPORTED_MODEL_TYPES", "export_gguf", "gguf_tensor_name"]
+__all__ = ["GGUF_TYPES", "SUPPORTED_MODEL_TYPES", "export_gguf", "export_tensor_types", "gguf_tensor_name"]
 
 _LOG = logging.getLogger(__name__)
 _Q = gguf.GGMLQuantizationType
@@ -344,24 +344,30 @@ def _expected_shape(name: str, spec: _Spec) -> tuple[int, ...]:
     return (rows,) if suffix == "bias" else (rows, columns)
 
 
-def _plan_tensors(
-    reader: CheckpointReader, spec: _Spec, kind: FileType, imatrix: Mapping[str, torch.Tensor] | None
-) -> list[_Planned]:
-    """Every output tensor in order, with names, shapes and types checked before anything is written."""
+def _sources(reader: CheckpointReader, spec: _Spec) -> tuple[dict[str, str], list[str]]:
+    """GGUF name -> checkpoint name of every tensor written, checked against config.json, and the GGUF names in
+    file order."""
     sources: dict[str, str] = {}
     for hf_name in list(reader.keys()):
         if hf_name.endswith(_SKIPPED_SUFFIX) or (hf_name == "lm_head.weight" and spec.tied):
             continue
         sources[gguf_tensor_name(hf_name)] = hf_name
-    shapes = {name: reader.shape(hf) for name, hf in sources.items()}
     expected = _expected_names(spec)
     missing, extra = sorted(expected - set(sources)), sorted(n for n in sources if not _allowed(n, expected, spec))
     if missing or extra:
         problem = f"lacks {missing[:4]}" if missing else f"has tensors beyond config.json: {extra[:4]}"
         raise ConversionError(f"checkpoint {problem}; it does not match its config.json")
+    return sources, sorted(sources, key=_tensor_order)
+
+
+def _plan_tensors(
+    reader: CheckpointReader, spec: _Spec, kind: FileType, imatrix: Mapping[str, torch.Tensor] | None
+) -> list[_Planned]:
+    """Every output tensor in order, with names, shapes and types checked before anything is written."""
+    sources, order = _sources(reader, spec)
+    shapes = {name: reader.shape(hf) for name, hf in sources.items()}
     heads = {"attn_q": spec.heads, "attn_k": spec.kv_heads} if spec.arch == "llama" else {}
-    order = sorted(sources, key=_tensor_order)
-    types = _tensor_types(order, shapes, spec, kind, imatrix)
+    types = _tensor_types(order, shapes, spec, kind, has_imatrix=imatrix is not None)
     planned = []
     for name, qtype in zip(order, types, strict=True):
         if tuple(shapes[name]) != _expected_shape(name, spec):
@@ -384,14 +390,18 @@ def _tensor_types(
     shapes: Mapping[str, Sequence[int]],
     spec: _Spec,
     kind: FileType,
-    imatrix: Mapping[str, torch.Tensor] | None,
+    *,
+    has_imatrix: bool,
+    log: bool = True,
 ) -> list[gguf.GGMLQuantizationType]:
-    """llama-quantize's type for each tensor (1-D ones F32); fallbacks for rows blocks do not divide are logged, one
-    line per kind of fallback naming the first tensor and how many."""
+    """llama-quantize's type for each tensor (1-D ones F32); with `log`, fallbacks for rows blocks do not divide are
+    logged, one line per kind of fallback naming the first tensor and how many."""
     listed = [(name, tuple(shapes[name])) for name in names]
     shape = ModelShape(spec.arch, spec.layers, spec.heads, spec.kv_heads)
-    chosen = tensor_types(listed, kind, shape, has_imatrix=imatrix is not None)
-    wanted = tensor_types(listed, kind, shape, has_imatrix=imatrix is not None, fallback=False)
+    chosen = tensor_types(listed, kind, shape, has_imatrix=has_imatrix)
+    if not log:
+        return [_Q.F32 if qtype is None else qtype for qtype in chosen]
+    wanted = tensor_types(listed, kind, shape, has_imatrix=has_imatrix, fallback=False)
     fallbacks: dict[tuple[int, gguf.GGMLQuantizationType, gguf.GGMLQuantizationType], list[str]] = {}
     for (name, dims), qtype, want in zip(listed, chosen, wanted, strict=True):
         if qtype != want and qtype is not None and want is not None:
@@ -586,6 +596,35 @@ def _write(writer: gguf.GGUFWriter, planned: Sequence[_Planned], stream: IO[byte
             writer.write_tensor_data(quantize_rows(torch.from_numpy(tensor.load()), tensor.qtype, tensor.imatrix))
     finally:
         writer.close()
+
+
+def export_tensor_types(
+    model_dir: str | os.PathLike[str], gguf_type: str, *, has_imatrix: bool = False
+) -> dict[str, gguf.GGMLQuantizationType]:
+    """The type `export_gguf` gives each checkpoint tensor of `model_dir` for file type `gguf_type`: llama-quantize's
+    mixture and fallbacks (quantization-aware training trains each weight for its type).
+
+    Args:
+        model_dir: The Hugging Face model folder (its config.json and the tensors' names and shapes are read).
+        gguf_type: A file type, as `export_gguf` takes it.
+        has_imatrix: The file will be written with an importance matrix (changes a few mixtures).
+
+    Returns:
+        Checkpoint tensor name -> GGML type (F32 for 1-D tensors; a tied ``lm_head.weight`` is absent).
+
+    Raises:
+        InvalidArgumentError: An unknown `gguf_type`.
+        ConversionError: An unsupported model, or tensors that do not match config.json.
+    """
+    kind = file_type(gguf_type)
+    folder = Path(model_dir)
+    config = _read_json(folder / "config.json", required=True)
+    with open_checkpoint(folder) as reader:
+        spec = _model_spec(config, reader.keys())
+        sources, order = _sources(reader, spec)
+        shapes = {name: reader.shape(hf) for name, hf in sources.items()}
+    types = _tensor_types(order, shapes, spec, kind, has_imatrix=has_imatrix, log=False)
+    return {sources[name]: qtype for name, qtype in zip(order, types, strict=True)}
 
 
 def export_gguf(

@@ -44,6 +44,7 @@ from entrenar.distill.hidden import HiddenTransfer, build_hidden_transfer
 from entrenar.distill.teacher import Teacher, load_teachers
 from entrenar.errors import ConfigError
 from entrenar.models import CausalLM, loaded_dtype, read_config
+from entrenar.train.callbacks import Callback
 from entrenar.train.distill_loss import DistillLoss
 from entrenar.train.loss import CausalLMLoss
 from entrenar.train.pruning import PruneMasks, prepare_pruning, pruned_base_note
@@ -106,6 +107,11 @@ class TrainingRun:
     trainables: nn.Module | None = None
     pruning: PruneMasks | None = None
     calibration: dict[str, Any] | None = None
+
+    def technique_callbacks(self) -> list[Callback]:
+        """The callbacks the run's techniques bring (the pruning masks), which every `Trainer` of the run calls
+        before its own."""
+        return [callback for callback in (self.pruning,) if callback is not None]
 
     def trainable_parameters(self) -> dict[str, torch.Tensor]:
         """Every parameter that trains, by name: the model's, then the loss's own as ``trainables.<name>``."""

@@ -100,8 +100,9 @@ class Trainer:
 
     Args:
         run: The built run (`entrenar.train.build_run`).
-        callbacks: Called around each step, in order (see `entrenar.train.callbacks`), after the run's pruning
-            masks (``run.pruning``), which every trainer of a pruned run applies.
+        callbacks: Called around each step, in order (see `entrenar.train.callbacks`), after the callbacks of the
+            run's techniques (`TrainingRun.technique_callbacks`: pruning masks), which every trainer of the run
+            applies.
         checkpoint_dir: The ``checkpoints`` folder; None: `save_checkpoint` refuses.
     """
 
@@ -109,7 +110,7 @@ class Trainer:
         self, run: TrainingRun, *, callbacks: Sequence[Callback] = (), checkpoint_dir: str | Path | None = None
     ) -> None:
         self.run = run
-        self.callbacks = [*([run.pruning] if run.pruning is not None else []), *callbacks]
+        self.callbacks = [*run.technique_callbacks(), *callbacks]
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.state = TrainState(total_steps=run.plan.total_steps, batches_per_epoch=run.plan.batches_per_epoch)
         self._session_start = time.perf_counter()

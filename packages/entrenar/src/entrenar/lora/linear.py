@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,18 @@ from torch import Tensor, nn
 from entrenar.errors import LoraError
 from entrenar.lora.config import LoraConfig
 
-__all__ = ["LoRALinear", "dora_merge", "lora_delta", "pissa_split"]
+__all__ = ["LoRALinear", "WeightFakeQuant", "dora_merge", "lora_delta", "pissa_split"]
+
+
+class WeightFakeQuant(Protocol):
+    """What quantization-aware training sets as `LoRALinear.fake_quant` (`entrenar.train.qat.LayerFakeQuant`)."""
+
+    @property
+    def active(self) -> bool:
+        """Whether the forward pass runs on the fake-quantized merged weight now."""
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None, sources: Sequence[Tensor]) -> Tensor:
+        """``x @ fq(weight).T + bias`` with a straight-through gradient; `sources` are what `weight` is made of."""
 
 
 def lora_delta(lora_A: Tensor, lora_B: Tensor, scaling: float) -> Tensor:
@@ -107,6 +119,8 @@ class LoRALinear(nn.Module):
         disabled: When True the forward is the base alone (the reference model); a merged adapter is
             unmerged first, as PEFT does.
         merged: Whether the update is currently folded into ``weight``.
+        fake_quant: Set by quantization-aware training (`entrenar.train.qat`): while it is active the forward is
+            ``x @ fq(merged_weight()).T + b`` (dense base, no DoRA, no dropout); None: the plain forward.
 
     Raises:
         LoraError: The base has no ``in_features``/``out_features``, is already a `LoRALinear`, the rank is
@@ -129,6 +143,7 @@ class LoRALinear(nn.Module):
         self.use_dora, self.init = config.use_dora, config.init
         self.disabled = False
         self.merged = False
+        self.fake_quant: WeightFakeQuant | None = None
         self._merge_norm: Tensor | None = None
         if isinstance(base, nn.Linear):
             self.base_layer: nn.Module | None = None
@@ -214,6 +229,10 @@ class LoRALinear(nn.Module):
             if self.merged:
                 self.unmerge()
             return self._base_forward(x)
+        fake_quant = self.fake_quant
+        if fake_quant is not None and fake_quant.active and not self.merged:
+            assert self.weight is not None
+            return fake_quant.linear(x, self.merged_weight(), self.bias, (self.weight, self.lora_A, self.lora_B))
         result = self._base_forward(x)
         if self.merged:
             return result
@@ -283,6 +302,16 @@ class LoRALinear(nn.Module):
         return result + ((scale - 1) * base + scale * update * self.scaling)  # PEFT's grouping, bit for bit
 
     # ------------------------------------------------------------------------------------------ merge
+
+    def merged_weight(self) -> Tensor:
+        """``W + scaling * B @ A`` in W's dtype, differentiable with respect to A and B: the weight `merge` and
+        `entrenar.lora.merge_weight` fold (same operations, same bits); dense base, no DoRA.
+
+        Raises:
+            LoraError: The base is quantized.
+        """
+        weight = self._dense_weight("merged_weight")
+        return (weight.detach().float() + lora_delta(self.lora_A, self.lora_B, self.scaling)).to(weight.dtype)
 
     def delta_weight(self) -> Tensor:
         """The LoRA update ``scaling * B @ A`` (out, in) in float32 (DoRA's rescaling not included)."""

@@ -28,7 +28,8 @@ def test_every_schema_key_has_a_row() -> None:
 
 def test_sections_in_schema_order() -> None:
     sections = schema_sections()
-    assert ", ".join(sections) == "model, data, optimizer, scheduler, lora, quantize, distill, prune, training, publish"
+    expected = "model, data, optimizer, scheduler, lora, quantize, distill, prune, qat, training, publish"
+    assert ", ".join(sections) == expected
     assert sections["lora"] is LoraSection
 
 

@@ -17,7 +17,7 @@ from entrenar.config import ConfigError, TrainConfig, load_config
 from entrenar.errors import EntrenarError
 
 WriteConfig = Callable[..., Path]
-SECTIONS = "model, data, optimizer, scheduler, lora, quantize, distill, prune, training, publish"
+SECTIONS = "model, data, optimizer, scheduler, lora, quantize, distill, prune, qat, training, publish"
 LORA_KEYS = "rank, alpha, dropout, target_modules, use_rslora, use_dora, init"
 
 

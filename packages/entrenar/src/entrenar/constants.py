@@ -51,6 +51,7 @@ TECHNIQUE_NAMES = {
     "distill": "knowledge distillation",
     "extract-lora": "LoRA extraction",
     "prune": "pruning",
+    "qat": "quantization-aware training",
 }
 """How model cards name the techniques of ``final_model.json``'s ``techniques`` list; others by their own name."""
 DTYPES = ("auto", *DTYPE_NAMES)

@@ -23,6 +23,7 @@ from entrenar.config._values import Context, read_section
 from entrenar.config.schema import (
     ADAM_FAMILY,
     DECAYING_SCHEDULERS,
+    QAT_INTEGER_FORMATS,
     SKEW_LOSSES,
     DataSection,
     DistillSection,
@@ -31,6 +32,7 @@ from entrenar.config.schema import (
     OptimizerSection,
     PruneSection,
     PublishSection,
+    QatSection,
     QuantizeSection,
     SchedulerSection,
     TrainingSection,
@@ -205,8 +207,9 @@ def build_training(raw: object, has_val: bool, ctx: Context) -> Values:
     return values
 
 
-def build_publish(raw: object, has_lora: bool, ctx: Context) -> Values:
-    """``publish:``: repo id by the Hub's rules, adapter merging, GGUF type, endpoint URL."""
+def build_publish(raw: object, has_lora: bool, ctx: Context, qat_format: object = None) -> Values:
+    """``publish:``: repo id by the Hub's rules, adapter merging, GGUF type (by default the GGUF type ``qat.format``
+    trains for, else ``f16``), endpoint URL."""
     from aprender.hub.repo_id import validate_repo_id
 
     values = read_section(PublishSection, raw, "publish", ctx)
@@ -222,7 +225,10 @@ def build_publish(raw: object, has_lora: bool, ctx: Context) -> Values:
     fmt = values.setdefault("format", PublishSection.format)
     _only_for(values, "gguf_type", "publish", "format", ("gguf",), ctx)
     if fmt == "gguf":
-        _default(values, "gguf_type", "f16")
+        trained = (
+            qat_format if isinstance(qat_format, str) and qat_format not in ("nf4", *QAT_INTEGER_FORMATS) else None
+        )
+        _default(values, "gguf_type", trained or "f16")
         _check_gguf_types(values, ctx)
         if values.get("merge_adapters") is False:
             ctx.report("publish.format", "gguf needs merged weights; set publish.merge_adapters: true")
@@ -398,3 +404,66 @@ def _gradual(values: Values, max_steps: int | None, ctx: Context) -> None:
         )
     elif max_steps is not None and end > max_steps:
         ctx.report("prune.end_step", f"{end} is past training.max_steps ({max_steps}); lower it", "training.max_steps")
+
+
+QAT_GROUP_SIZE_INT4 = 32
+"""``qat.group_size`` for ``int4`` when null (torchao's and ExecuTorch's usual 4-bit group)."""
+
+
+def build_qat(raw: object, data: dict[Any, Any], max_steps: int | None, ctx: Context) -> Values:
+    """``qat:``: a format the exporters write (not F16/F32/BF16, not one that needs calibration); the group size for
+    the integer formats; a start before the last step; the techniques that cannot go with a fake-quantized merged
+    weight refused."""
+    for section, why in (
+        (
+            "quantize",
+            "QLoRA's base is already quantized and publishing merges into the float checkpoint; drop quantize:",
+        ),
+        ("prune", "train the pruned model without qat:, then train for the format in a second run"),
+    ):
+        if data.get(section) is not None and ctx.ok(section):
+            ctx.report("qat", f"cannot be used with {section}: ({why})", section)
+    lora = data.get("lora")
+    if isinstance(lora, dict):
+        if lora.get("use_dora") and ctx.ok("lora.use_dora"):
+            ctx.report("qat", "cannot be used with lora.use_dora (DoRA's rescaled weight is not fake-quantized)")
+        if isinstance(lora.get("dropout"), (int, float)) and lora["dropout"] > 0 and ctx.ok("lora.dropout"):
+            ctx.report(
+                "lora.dropout",
+                "must be 0 with qat: (the merged weight W + BA is fake-quantized, so the adapter's input cannot be "
+                "dropped on its own); set lora.dropout: 0",
+            )
+    values = read_section(QatSection, raw, "qat", ctx)
+    if "format" not in values:  # reported as missing
+        return values
+    fmt = values["format"] = str(values["format"]).lower()
+    if fmt not in ("nf4", *QAT_INTEGER_FORMATS):
+        _check_qat_gguf_type(fmt, ctx)
+    if values.get("group_size") is not None and fmt not in QAT_INTEGER_FORMATS and ctx.ok("qat.format"):
+        ctx.report("qat.group_size", f"applies to qat.format int8 or int4 only, not {fmt}; remove it", "qat.format")
+    group = values.get("group_size")
+    if isinstance(group, int) and group & (group - 1) and ctx.ok("qat.group_size"):
+        ctx.report("qat.group_size", f"{group} is not a power of two; use 32, 64, 128 or 256")
+    if fmt == "int4":
+        _default(values, "group_size", QAT_GROUP_SIZE_INT4)
+    start = values.get("start_after_steps")
+    if isinstance(start, int) and max_steps is not None and start >= max_steps and ctx.ok("qat.start_after_steps"):
+        ctx.report(
+            "qat.start_after_steps",
+            f"{start} is not below training.max_steps ({max_steps}), so no step would train quantized; lower it",
+            "training.max_steps",
+        )
+    return values
+
+
+def _check_qat_gguf_type(name: str, ctx: Context) -> None:
+    """``qat.format`` as a GGUF file type: one that quantizes and needs no importance matrix."""
+    from aprender.format.gguf_mixtures import FILE_TYPES
+
+    kind = FILE_TYPES.get(name)
+    trainable = [n for n, k in FILE_TYPES.items() if k.name not in ("F32", "F16", "BF16") and not k.needs_imatrix]
+    if kind is None or kind.name in ("F32", "F16", "BF16") or kind.needs_imatrix:
+        why = "is not a format QAT trains for" if kind is None else "does not round weights to integers"
+        if kind is not None and kind.needs_imatrix:
+            why = "needs an importance matrix, which QAT does not use"
+        ctx.report("qat.format", f"{name} {why}; use nf4, int8, int4 or a GGUF type: {', '.join(trainable)}")

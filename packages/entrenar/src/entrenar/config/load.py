@@ -26,6 +26,7 @@ from entrenar.config.schema import (
     OptimizerSection,
     PruneSection,
     PublishSection,
+    QatSection,
     QuantizeSection,
     SchedulerSection,
     TrainConfig,
@@ -35,7 +36,19 @@ from entrenar.errors import ConfigError
 
 __all__ = ["MAX_REPORTED", "config_from_mapping", "load_config", "parse_yaml"]
 
-SECTIONS = ("model", "data", "optimizer", "scheduler", "lora", "quantize", "distill", "prune", "training", "publish")
+SECTIONS = (
+    "model",
+    "data",
+    "optimizer",
+    "scheduler",
+    "lora",
+    "quantize",
+    "distill",
+    "prune",
+    "qat",
+    "training",
+    "publish",
+)
 _REQUIRED = ("model", "data")
 MAX_REPORTED = 20  # problems listed in one error; the rest are counted
 
@@ -145,7 +158,13 @@ def _build(data: dict[Any, Any], ctx: Context) -> TrainConfig | None:
     prune = None
     if data.get("prune") is not None:
         prune = sections.build_prune(data["prune"], data.get("quantize") is not None, training.get("max_steps"), ctx)
-    publish = sections.build_publish(data["publish"], has_lora, ctx) if data.get("publish") is not None else None
+    qat = None
+    if data.get("qat") is not None:
+        qat = sections.build_qat(data["qat"], data, training.get("max_steps"), ctx)
+    publish = None
+    if data.get("publish") is not None:
+        trained = qat.get("format") if qat is not None else None
+        publish = sections.build_publish(data["publish"], has_lora, ctx, trained)
     if ctx.problems:
         return None
     return TrainConfig(
@@ -157,6 +176,7 @@ def _build(data: dict[Any, Any], ctx: Context) -> TrainConfig | None:
         quantize=QuantizeSection(**quantize) if quantize is not None else None,
         distill=make_section(DistillSection, distill) if distill is not None else None,
         prune=PruneSection(**prune) if prune is not None else None,
+        qat=QatSection(**qat) if qat is not None else None,
         training=TrainingSection(**training),
         publish=PublishSection(**publish) if publish is not None else None,
     )

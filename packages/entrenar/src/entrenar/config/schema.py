@@ -10,8 +10,9 @@ The training method is derived, not written: no ``lora`` section means a full fi
 alone means LoRA, ``lora`` plus ``quantize`` means QLoRA (see `TrainConfig.method`). A separate
 ``method`` key could only repeat (or contradict) what the sections already say.
 
-A ``distill:`` section adds knowledge distillation to any method, a ``prune:`` section pruning (LoRA and full
-fine-tunes); `TrainConfig.techniques` lists what a run applies (``["lora", "distill", "prune"]``).
+A ``distill:`` section adds knowledge distillation to any method, a ``prune:`` section pruning and a ``qat:`` section
+quantization-aware training (LoRA and full fine-tunes); `TrainConfig.techniques` lists what a run applies
+(``["lora", "distill", "prune"]``).
 
 A ``null`` section (``lora:`` with nothing under it) is the same as no section; ``lora: {}`` turns
 LoRA on with every default. Nested sections (``distill.hidden``, the entries of ``distill.teachers``)
@@ -57,6 +58,7 @@ __all__ = [
     "OptimizerSection",
     "PruneSection",
     "PublishSection",
+    "QatSection",
     "QuantizeSection",
     "SchedulerSection",
     "Spec",
@@ -72,6 +74,8 @@ QUANT_BITS = (4, 8)
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts more
 SKEW_LOSSES = ("skew_forward_kl", "skew_reverse_kl")
 PRUNE_SCHEDULES = ("gradual", "oneshot", "keep")
+QAT_INTEGER_FORMATS = ("int8", "int4")
+QAT_ACTIVATIONS = ("int8",)
 
 
 @dataclass(frozen=True)
@@ -407,6 +411,33 @@ class PruneSection:
 
 
 @dataclass(frozen=True)
+class QatSection:
+    """``qat:`` quantization-aware training: the linear weights of the decoder layers are fake-quantized in the
+    forward pass, rounded exactly as the export quantizer will round them, with a straight-through gradient (LoRA:
+    the merged weight ``W + scaling * B @ A``, as publishing merges it; full fine-tune: the trained weight).
+    Not with ``quantize:``, ``prune:``, ``lora.use_dora`` or ``lora.dropout``.
+
+    Attributes:
+        format: What the model is trained for: a GGUF file type as ``entrenar quantize --gguf`` takes it
+            (``q4_k_m``, ``q8_0``, ``q3_k_m``, ...: each weight gets the type llama-quantize's mixture gives it,
+            quantized by the same code ``entrenar publish`` and ``entrenar quantize`` write GGUF files with, without
+            an importance matrix), ``nf4`` (bitsandbytes' NF4, blocks of 64, as ``load_in_4bit`` rounds),
+            ``int8`` or ``int4`` (symmetric, torchao's QAT numerics). Required.
+        group_size: ``int8``/``int4`` only: weights per scale along each row, a power of two >= 2 dividing every
+            row; null: 32 for ``int4``, one scale per output row for ``int8``.
+        start_after_steps: Optimizer steps trained in full precision before fake quantization starts, >= 0 and
+            below ``training.max_steps``.
+        activations: ``int8``: also fake-quantize each linear layer's input per token (asymmetric int8, torchao's
+            dynamic activation numerics); null: weights only.
+    """
+
+    format: str = _key(kind="str")
+    group_size: int | None = _key(None, kind="int", low=2, nullable=True)
+    start_after_steps: int = _key(0, kind="int", low=0)
+    activations: str | None = _key(None, kind="str", choices=QAT_ACTIVATIONS, nullable=True)
+
+
+@dataclass(frozen=True)
 class TrainingSection:
     """``training:`` the loop.
 
@@ -453,7 +484,8 @@ class PublishSection:
         format: ``safetensors`` (HF layout) or ``gguf`` (needs merged weights).
         gguf_type: ``gguf`` only: a llama-quantize file type (``f16``, ``q8_0``, ``q4_k_m``, ... every type of
             ``entrenar quantize`` but ``q2_k_s``, which needs calibration) or a comma-separated list of them
-            (``q4_k_m,q8_0``: one GGUF file each); null means ``f16`` for ``gguf``.
+            (``q4_k_m,q8_0``: one GGUF file each); null means, for ``gguf``, the GGUF type ``qat.format`` trains
+            for, else ``f16``.
         endpoint: Hub URL (``http://`` or ``https://``); null uses ``HF_ENDPOINT`` or huggingface.co.
     """
 
@@ -479,6 +511,7 @@ class TrainConfig:
         quantize: `QuantizeSection` (needs ``lora``), or None.
         distill: `DistillSection`, or None for no distillation.
         prune: `PruneSection`, or None for no pruning.
+        qat: `QatSection`, or None for no quantization-aware training.
         training: `TrainingSection`.
         publish: `PublishSection`, or None to skip publishing.
 
@@ -496,6 +529,7 @@ class TrainConfig:
     quantize: QuantizeSection | None = None
     distill: DistillSection | None = None
     prune: PruneSection | None = None
+    qat: QatSection | None = None
     training: TrainingSection = field(default_factory=TrainingSection)
     publish: PublishSection | None = None
 
@@ -508,8 +542,9 @@ class TrainConfig:
 
     @property
     def techniques(self) -> tuple[str, ...]:
-        """What the run applies, in ``final_model.json`` order: `method`, then ``distill`` and ``prune`` when set."""
-        extra = (name for name in ("distill", "prune") if getattr(self, name) is not None)
+        """What the run applies, in ``final_model.json`` order: `method`, then ``distill``, ``prune`` and ``qat`` when
+        set."""
+        extra = (name for name in ("distill", "prune", "qat") if getattr(self, name) is not None)
         return (self.method, *extra)
 
     @classmethod

@@ -225,6 +225,9 @@ def render_model_card(ctx: CardContext) -> str:
         sections.append(_merge_section(merge))
     if prune:
         sections.append(_prune_section(prune))
+    qat = _mapping(ctx.record.get("qat"))
+    if qat:
+        sections.append(_qat_section(qat))
     checks = [item for item in ctx.record.get("sparsity_checks") or [] if isinstance(item, Mapping)]
     if checks:
         sections.append("## Sparsity\n\n" + "".join(f"- {item.get('line')}\n" for item in checks))
@@ -259,6 +262,27 @@ def _merge_section(merge: Mapping[str, Any]) -> str:
         text += f"\nPerplexity on the evaluation text:\n\n{table}"
     if merge.get("config"):
         text += f"\nConfiguration:\n\n```yaml\n{str(merge['config']).rstrip()}\n```\n"
+    return text
+
+
+def _qat_section(qat: Mapping[str, Any]) -> str:
+    """The format trained for, how each weight was rounded, from which step; how to export it the same way."""
+    fmt = str(qat.get("format"))
+    start = qat.get("start_after_steps")
+    when = f"after {start} optimizer steps in full precision" if start else "from the first step"
+    text = (
+        f"## Quantization-aware training\n\nTrained for `{fmt}`: the linear weights of the decoder layers were "
+        f"fake-quantized in the forward pass {when} (straight-through gradient)"
+    )
+    text += ", and their inputs fake-quantized to int8 per token.\n" if qat.get("activations") else ".\n"
+    quantizers = [str(item) for item in qat.get("quantizers") or []]
+    if quantizers:
+        text += "Rounded as: " + "; ".join(quantizers) + ".\n"
+    if fmt not in ("nf4", "int8", "int4"):
+        text += (
+            f"`entrenar publish --format gguf --gguf-type {fmt}` and `entrenar quantize --gguf {fmt}` (without "
+            "`--calibration`) store these weights exactly as they were rounded in training.\n"
+        )
     return text
 
 

@@ -70,6 +70,7 @@ from entrenar.lora.merge import merge_adapter_into_checkpoint
 from entrenar.prune.marks import SparsityMark, adapter_masks, check_folder, check_gguf, mark_of, read_mark
 from entrenar.publish.card import Layout
 from entrenar.publish.detect import ModelFolder
+from entrenar.quant.qat_export import export_line
 
 __all__ = ["ExportedModel", "export_model", "gguf_file_types", "plan_layout", "remask_change", "resolve_base_model"]
 
@@ -250,6 +251,9 @@ def export_model(
             report(f"Exporting as GGUF ({kind.name}): {gguf_name}...")
             export_gguf(work, out / gguf_name, gguf_type=kind.name, name=name)
             names.append(gguf_name)
+            qat = export_line(model.record, kind.name)
+            if qat is not None:
+                report(qat)
             if written.mark is not None:
                 check = check_gguf(written.mark, f"the GGUF file ({kind.name})", out / gguf_name)
                 report(check.line())

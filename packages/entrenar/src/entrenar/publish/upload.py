@@ -57,6 +57,7 @@ from entrenar.publish.card import CardContext, base_license, hub_dataset_ids, wr
 from entrenar.publish.curve import read_loss_points
 from entrenar.publish.detect import ModelFolder, detect_model_folder
 from entrenar.publish.export import ExportedModel, export_model, gguf_file_types, plan_layout
+from entrenar.quant.qat_export import trained_gguf_type
 
 __all__ = [
     "LARGE_FILE_BYTES",
@@ -260,7 +261,8 @@ def publish(
     model = detect_model_folder(model_dir)
     plan_layout(model, merge_adapters, fmt)
     if fmt == "gguf":
-        gguf_file_types(gguf_type or "f16")  # checked before any request
+        gguf_type = gguf_type or trained_gguf_type(model.record) or "f16"  # a QAT model: the type it trained for
+        gguf_file_types(gguf_type)  # checked before any request
     if not dry_run:
         account = preflight(repo, private, endpoint, token)
         _LOG.info("publishing to %s as %s (token from %s)", repo, account.user, account.token_source)
@@ -273,7 +275,7 @@ def publish(
             merge_adapters=merge_adapters,
             base_model=base_model,
             fmt=fmt,
-            gguf_type=gguf_type or "f16",
+            gguf_type=gguf_type or "f16",  # set above for gguf; unused otherwise
             offline=dry_run,
             max_shard_size=max_shard_size,
             report=report,

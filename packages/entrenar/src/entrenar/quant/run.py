@@ -36,6 +36,7 @@ from entrenar.display import Report
 from entrenar.model_input import dense_folder, resolve_model_input
 from entrenar.prune.calibration import CalibrationData, load_calibration
 from entrenar.prune.marks import check_gguf, mark_of, read_mark
+from entrenar.quant.qat_export import export_line
 from entrenar.quant.quality import QuantQuality
 
 __all__ = ["DEFAULT_SAMPLES", "DEFAULT_SEQ_LEN", "QuantizeResult", "run_quantize"]
@@ -128,6 +129,9 @@ def run_quantize(
 
         export_gguf(dense, target, gguf_type=kind.name, name=target.stem, imatrix=imatrix)
         log(f"wrote {target.stat().st_size / 2**20:.1f} MiB")
+        qat = export_line(source.record, kind.name, calibrated=imatrix is not None)
+        if qat is not None:
+            log(qat)
         mark = mark_of(source.record, os.fspath(model))  # a pruned model, or an adapter trained keeping the zeros
         if mark is None and source.adapter is not None:
             mark = read_mark(source.folder)  # a pruned base under an adapter folded without masks

@@ -12,12 +12,14 @@ The order of `RunBuilder`'s steps is the documentation (torchtune's recipes: ``_
    With ``distill.cache`` the teacher cache instead (built first when the folder is empty), and no teacher.
 4. `RunBuilder.setup_prune` (with ``prune:``): the masking callback; ``schedule: oneshot`` prunes the model
    here (`entrenar.train.pruning`), before the wrapper and the optimizer.
-5. `RunBuilder.wrap` (optional): a wrapper around the model (DDP, FSDP2); only before the optimizer,
+5. `RunBuilder.setup_qat` (with ``qat:``): every decoder linear fake-quantizes its weight for the format
+   (`entrenar.train.qat`), and the callback that turns it on; before the wrapper and the optimizer.
+6. `RunBuilder.wrap` (optional): a wrapper around the model (DDP, FSDP2); only before the optimizer,
    which must hold the parameters the wrapper trains.
-6. `RunBuilder.setup_optimization`: the step plan (needs the loader), the optimizer over the trainable
+7. `RunBuilder.setup_optimization`: the step plan (needs the loader), the optimizer over the trainable
    parameters (the model's and the loss's own) and the learning-rate schedule
    (`entrenar.train.setup.optimization`).
-7. `RunBuilder.build`: the precision policy and the gradient engine (it caches the parameter list, so it
+8. `RunBuilder.build`: the precision policy and the gradient engine (it caches the parameter list, so it
    comes last) and the `TrainingRun`.
 
 Calling a step before the ones it needs, or twice, raises `BuildOrderError`.
@@ -26,7 +28,7 @@ Calling a step before the ones it needs, or twice, raises `BuildOrderError`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +46,12 @@ from entrenar.distill.hidden import HiddenTransfer, build_hidden_transfer
 from entrenar.distill.teacher import Teacher, load_teachers
 from entrenar.errors import ConfigError
 from entrenar.models import CausalLM, loaded_dtype, read_config
+from entrenar.quant.fake import WeightQuantizer
 from entrenar.train.callbacks import Callback
 from entrenar.train.distill_loss import DistillLoss
 from entrenar.train.loss import CausalLMLoss
 from entrenar.train.pruning import PruneMasks, prepare_pruning, pruned_base_note
+from entrenar.train.qat import QatSwitch, prepare_qat
 from entrenar.train.setup.data import load_data
 from entrenar.train.setup.model import (
     build_model,
@@ -88,6 +92,8 @@ class TrainingRun:
         trainables: Parameters the loss owns and trains beside the model (distillation's projections), or None.
         pruning: The ``prune:`` masks (a callback every `Trainer` of the run calls first), or None.
         calibration: The one-shot pruning's calibration record, or None.
+        qat: The ``qat:`` switch (a callback every `Trainer` of the run calls), or None.
+        qat_quantizers: With ``qat:``, the quantizer of each fake-quantized weight by checkpoint name.
     """
 
     config: TrainConfig
@@ -107,11 +113,13 @@ class TrainingRun:
     trainables: nn.Module | None = None
     pruning: PruneMasks | None = None
     calibration: dict[str, Any] | None = None
+    qat: QatSwitch | None = None
+    qat_quantizers: dict[str, WeightQuantizer] = field(default_factory=dict)
 
     def technique_callbacks(self) -> list[Callback]:
-        """The callbacks the run's techniques bring (the pruning masks), which every `Trainer` of the run calls
-        before its own."""
-        return [callback for callback in (self.pruning,) if callback is not None]
+        """The callbacks the run's techniques bring (the pruning masks, then the QAT switch), which every `Trainer`
+        of the run calls before its own."""
+        return [callback for callback in (self.pruning, self.qat) if callback is not None]
 
     def trainable_parameters(self) -> dict[str, torch.Tensor]:
         """Every parameter that trains, by name: the model's, then the loss's own as ``trainables.<name>``."""
@@ -156,6 +164,8 @@ class RunBuilder:
         self.teacher_cache: TeacherCache | None = None
         self.pruning: PruneMasks | None = None
         self.calibration: dict[str, Any] | None = None
+        self.qat: QatSwitch | None = None
+        self.qat_quantizers: dict[str, WeightQuantizer] = {}
 
     def _step(self, name: str, needs: tuple[str, ...] = (), before: tuple[str, ...] = ()) -> None:
         if name in self._done:
@@ -225,6 +235,12 @@ class RunBuilder:
         assert self.model is not None and self.tokenizer is not None
         self.pruning, self.calibration = prepare_pruning(self.cfg, self.model, self.tokenizer, self.report)
 
+    def setup_qat(self) -> None:
+        """The ``qat:`` fake quantization of every decoder linear (before the wrapper and the optimizer)."""
+        self._step("setup_qat", needs=("setup_model",), before=("wrap", "setup_optimization"))
+        assert self.model is not None and self.model_dir is not None and self.cfg.qat is not None
+        self.qat, self.qat_quantizers = prepare_qat(self.cfg.qat, self.model, self.model_dir, self.report)
+
     def wrap(self, wrapper: Callable[[CausalLM], CausalLM]) -> None:
         """Replace the model by ``wrapper(model)`` (DDP, FSDP2): after the model, before the optimizer."""
         self._step("wrap", needs=("setup_model",), before=("setup_optimization",))
@@ -267,6 +283,8 @@ class RunBuilder:
             trainables=self.hidden,
             pruning=self.pruning,
             calibration=self.calibration,
+            qat=self.qat,
+            qat_quantizers=self.qat_quantizers,
         )
 
     def _loss(self) -> CausalLMLoss:
@@ -303,6 +321,8 @@ def build_run(cfg: TrainConfig, *, device: torch.device | None = None, report: R
         builder.setup_teacher()
     if cfg.prune is not None:
         builder.setup_prune()
+    if cfg.qat is not None:
+        builder.setup_qat()
     builder.setup_optimization()
     return builder.build()
 

@@ -17,7 +17,8 @@ Files written by `write_outputs` (each atomically):
   ``wall_time_s``, ``data_files`` {path: sha256}, ``packages`` {name: version}, ``created_at`` (UTC, ISO 8601);
 with ``prune:`` a ``prune`` section (`entrenar.train.pruning.prune_record`: schedule, method, the zeros of each
 pruned layer) and, for an adapter, the masks in ``prune_masks.safetensors``, which publishing re-applies to
-the merged weights.
+the merged weights; with ``qat:`` a ``qat`` section (`entrenar.train.qat.qat_record`: the format and the quantizer
+of every fake-quantized weight), which publishing and ``entrenar quantize`` read.
 
 ``metrics.jsonl`` and ``config.yaml`` are written while training (`entrenar.train.callbacks`,
 `entrenar.config.write_resolved_config`).
@@ -45,6 +46,7 @@ from entrenar.train.build import TrainingRun
 from entrenar.train.checkpoint import file_sha256
 from entrenar.train.estimate import count_parameters
 from entrenar.train.pruning import MASKS_NAME, prune_record
+from entrenar.train.qat import qat_record
 from entrenar.train.setup.model import compute_dtype, lora_config_of
 from entrenar.train.state import TrainState
 
@@ -156,9 +158,11 @@ def final_model_summary(run: TrainingRun, state: TrainState) -> dict[str, Any]:
     cfg = run.config
     counts = count_parameters(run.model)
     last_eval = state.last_eval()
-    pruned = {}
+    pruned: dict[str, Any] = {}
     if run.pruning is not None:
         pruned = {"prune": prune_record(run.pruning, run.model, run.calibration, adapter=cfg.lora is not None)}
+    if cfg.qat is not None:
+        pruned["qat"] = qat_record(cfg.qat, run.qat_quantizers)
     return {
         "base_model": {
             "path": cfg.model.path,

@@ -370,8 +370,11 @@ def _windows(args: argparse.Namespace, calibrated: bool) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- recovery
 
 
-def recovery_config(base: Path, data: Path, output_dir: Path, *, steps: int, keep: bool) -> dict[str, Any]:
-    """The ``entrenar train`` config of one LoRA recovery run; `keep` fixes the base's zeros as masks."""
+def recovery_config(
+    base: Path, data: Path, output_dir: Path, *, steps: int, keep: bool, sections: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``entrenar train`` config of one LoRA recovery run; `keep` fixes the base's zeros as masks; `sections`
+    adds sections (``qat:`` in benchmarks/qat_smollm2.py)."""
     config: dict[str, Any] = {
         "model": {"path": str(base), "dtype": "float32"},
         "data": {
@@ -395,7 +398,7 @@ def recovery_config(base: Path, data: Path, output_dir: Path, *, steps: int, kee
     }
     if keep:
         config["prune"] = {"schedule": "keep"}
-    return config
+    return config | dict(sections or {})
 
 
 def recover(
@@ -406,15 +409,17 @@ def recover(
     data: tuple[Path, Path],
     key: dict[str, Any],
     steps: int,
+    sections: Mapping[str, Any] | None = None,
 ) -> Row:
-    """LoRA on `base` (pruned by `setting`, whose zeros stay; None: dense), folded, checked and scored."""
+    """LoRA on `base` (pruned by `setting`, whose zeros stay; None: dense), folded, checked and scored; `sections`
+    added to the recipe's config (`recovery_config`)."""
     from entrenar.cli import main as entrenar_main
     from entrenar.lora import merge_adapter_into_checkpoint
     from entrenar.train.pruning import MASKS_NAME
 
     calibration, eval_data = data
     adapter, folded = folder / "adapter", folder / "folded"
-    config = recovery_config(base, calibration, adapter, steps=steps, keep=setting is not None)
+    config = recovery_config(base, calibration, adapter, steps=steps, keep=setting is not None, sections=sections)
 
     def make() -> dict[str, Any]:
         folder.mkdir(parents=True)

@@ -166,7 +166,9 @@ def test_full_fine_tune_int4_with_int8_activations(tiny_checkpoints: dict[str, P
     capture = Capture()
     qat = {"format": "int4", "start_after_steps": 2, "activations": "int8"}
     config = runs.write_config(tmp_path, tiny_checkpoints["llama"], lora=None, qat=qat, optimizer={"lr": 1e-3})
-    result, log = _train(config, "training.max_steps=3", capture=capture)
+    result, log = _train(
+        config, "training.max_steps=3", "data.val_split=0.25", "training.eval_every=1", capture=capture
+    )
     assert capture.active == [False, True, True]  # on after step 2: step 3 trained quantized
     assert (
         "Quantization-aware training for int4 after 2 steps: 14 decoder linear weights as int4, symmetric, groups of "
@@ -185,6 +187,14 @@ def test_full_fine_tune_int4_with_int8_activations(tiny_checkpoints: dict[str, P
         module.fake_quant.switch.active = False
         assert torch.equal(module(inputs), F.linear(inputs, module.weight, module.bias)), name  # off: plain
         module.fake_quant.switch.active = True
+    evals = runs.read_metrics(result.output_dir, "eval")
+    assert [e["step"] for e in evals] == [1, 2, 3] and evals[1]["eval_loss"] != evals[2]["eval_loss"]
+    with torch.inference_mode():  # a rounding made under inference mode (generation) ...
+        module.weight.data.add_(0)  # ... of a changed weight
+        generated = module(inputs)
+    loss = module(inputs).square().sum()  # ... still serves a training step
+    loss.backward()
+    assert module.weight.grad is not None and torch.equal(generated, module(inputs).detach())
     record = json.loads((result.output_dir / "final_model.json").read_text())
     assert record["techniques"] == ["full", "qat"]
     assert (record["qat"]["format"], record["qat"]["group_size"], record["qat"]["activations"]) == ("int4", 32, "int8")

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -83,7 +84,8 @@ class LayerFakeQuant:
         """`weight` rounded by the quantizer; reused while none of `sources` (what `weight` is made of) changed."""
         key = tuple((id(t), t._version) for t in sources)
         if self._fake is None or key != self._key:
-            self._fake, self._key = self.quantizer(weight.detach()), key
+            with torch.inference_mode(False):  # a rounding made under inference mode must serve training too
+                self._fake, self._key = self.quantizer(weight.detach()), key
         return self._fake
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None, sources: Sequence[Tensor]) -> Tensor:

@@ -4,7 +4,8 @@ The `Trainer` calls, in this order per optimizer step: the step itself with `Cal
 right after the optimizer updated the weights (before the schedule moves on: where pruning masks and QAT
 counters live), then `Callback.on_log` with a ``metrics.jsonl`` record when a log is due,
 `Callback.on_evaluate` with an eval record when an evaluation is due, `Callback.on_epoch_end` with an
-`EpochSummary` when the step ends an epoch, then `Callback.on_step_end`.
+`EpochSummary` when the step ends an epoch, then `Callback.on_step_end`. An error inside a step reaches
+`Callback.on_error` before it propagates (SIGINT/SIGTERM reach `Callback.on_interrupt` instead).
 Callbacks run in the order given, so a checkpoint taken in ``on_step_end`` already holds that step's
 records and early-stopping verdict.
 
@@ -82,6 +83,9 @@ class Callback:
 
     def on_interrupt(self, trainer: Trainer) -> None:
         """SIGINT/SIGTERM stopped the run; its checkpoint is saved and `TrainingInterrupted` follows."""
+
+    def on_error(self, trainer: Trainer, error: Exception) -> None:
+        """An error stopped the run mid-step (a non-finite loss, out of memory ...); it is raised again after."""
 
 
 def _json_line(record: MetricRecord) -> str:
@@ -227,6 +231,10 @@ class ProgressDisplay(Callback):
 
     def on_interrupt(self, trainer: Trainer) -> None:
         """Stop the bar."""
+        self._close()
+
+    def on_error(self, trainer: Trainer, error: Exception) -> None:
+        """Stop the bar (the error message follows it)."""
         self._close()
 
     def _close(self) -> None:

@@ -132,12 +132,18 @@ class Trainer:
         """
         self._session_start = self._window_start = time.perf_counter()
         self._emit("on_train_begin")
-        with _StopSignals() as signals:
-            while not self.state.done:
-                self.train_step()
-                self._after_step()
-                if signals.received is not None:
-                    self._interrupted(signals.received)
+        try:
+            with _StopSignals() as signals:
+                while not self.state.done:
+                    self.train_step()
+                    self._after_step()
+                    if signals.received is not None:
+                        self._interrupted(signals.received)
+        except TrainingInterrupted:
+            raise
+        except Exception as exc:
+            self._emit("on_error", exc)
+            raise
         if self.state.epoch_window.steps:  # ended mid-epoch; a longer run resumed from here goes on counting it
             self._emit("on_epoch_end", self._epoch_summary(self.state.epochs_summarised + 1))
         self._update_elapsed()

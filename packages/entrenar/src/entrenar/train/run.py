@@ -47,6 +47,7 @@ from entrenar.train.checkpoint import (
 from entrenar.train.estimate import count_parameters
 from entrenar.train.loop import Trainer
 from entrenar.train.outputs import write_outputs
+from entrenar.train.run_state import RunStateWriter
 from entrenar.train.state import TrainState
 
 __all__ = ["TrainResult", "default_callbacks", "describe_run", "dry_run", "run_training"]
@@ -74,7 +75,7 @@ class TrainResult:
 
 
 def default_callbacks(cfg: TrainConfig, console: Console) -> list[Callback]:
-    """``metrics.jsonl``, early stopping (when configured), checkpoints, progress: in that order.
+    """``run_state.json``, ``metrics.jsonl``, early stopping (when configured), checkpoints, progress: in that order.
 
     Args:
         cfg: The config (``training.*``).
@@ -84,7 +85,10 @@ def default_callbacks(cfg: TrainConfig, console: Console) -> list[Callback]:
         The callbacks.
     """
     training = cfg.training
-    callbacks: list[Callback] = [MetricsLogger(Path(training.output_dir) / METRICS_NAME)]
+    callbacks: list[Callback] = [
+        RunStateWriter(training.output_dir),
+        MetricsLogger(Path(training.output_dir) / METRICS_NAME),
+    ]
     if training.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(training.early_stopping_patience))
     callbacks += [CheckpointSaver(training.save_every), ProgressDisplay(console)]

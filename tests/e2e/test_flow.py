@@ -88,6 +88,7 @@ def test_init_train_publish_then_transformers_and_peft_load_it(
         "Applying LoRA adapters (rank=64)...",
     ]
     assert story[4].startswith(f"lora fine-tune of {BASE} on cpu: ")
+    assert story[5].startswith("  techniques  LoRA") and story[8].startswith("  memory      about ")
     # 12 samples pack into 2 rows: one batch an epoch, so each of the 3 steps is an epoch of the planned 3. The lr
     # of each is init's cosine schedule (no warmup: a tenth of 3 steps) over 3 steps: 1e-2 x 1, 0.775, 0.325.
     written = (
@@ -99,8 +100,9 @@ def test_init_train_publish_then_transformers_and_peft_load_it(
         "final_model.json",
         "config.yaml",
         "metrics.jsonl",
+        "run_state.json",
     )
-    assert story[5:] == [
+    assert story[9:] == [
         "Epoch 1/3: loss=L, lr=1.0e-2",
         "Epoch 2/3: loss=L, lr=7.8e-3",
         "Epoch 3/3: loss=L, lr=3.3e-3",

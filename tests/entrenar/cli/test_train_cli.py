@@ -28,7 +28,9 @@ def test_train_resume_and_start_over(
     out = tmp_path / "out"
     code, stdout, _ = run_cli(capsys, "train", str(config), "training.log_every=2")
     assert code == 0
-    assert re.search(r"^step 2/6 \| loss \d+\.\d{4} \| lr 1\.000e-02 \| \d+ tok/s \| ETA ", stdout, re.M)
+    assert re.search(
+        r"^step 2/6 \| epoch \d\.\d\d \| loss \d+\.\d{4} \(smoothed \d+\.\d{4}\) \| lr 1\.000e-02 \| ", stdout, re.M
+    )
     assert re.search(r"^Trained 6 steps in \d+\.\ds$", stdout, re.M)
     assert f"Saved: {out / 'adapter_model.safetensors'} (" in stdout  # outside the working directory: absolute
     assert {p.name for p in out.iterdir()} >= {
@@ -74,6 +76,12 @@ def test_a_run_tells_its_story(
         lines[3],  # the run's summary
     ]
     assert lines[3].startswith(f"qlora fine-tune of {base} on cpu: ")
+    assert [line[:14] for line in lines[4:8]] == [
+        "  techniques  ",
+        "  schedule    ",
+        "  device      ",
+        "  memory      ",
+    ]
     # 8 training records in batches of 4: 2 steps an epoch; max_steps=5 stops half-way through the third epoch.
     epochs = [line for line in lines if line.startswith("Epoch ")]
     assert [re.sub(r"loss=\d+\.\d{3}, ", "", line) for line in epochs] == [
@@ -94,6 +102,7 @@ def test_a_run_tells_its_story(
             "final_model.json",
             "generation_config.json",
             "metrics.jsonl",
+            "run_state.json",
             "tokenizer.json",
             "tokenizer_config.json",
         ]

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from aprender.hub import upload_folder
 from entrenar.config import load_config
+from entrenar.display import human_size
 from entrenar.errors import CheckpointError, ConfigError, LoraError
 from entrenar.models import from_pretrained, save_pretrained
 from entrenar.train import (
@@ -142,6 +143,27 @@ def test_dry_run_takes_one_step_and_writes_nothing(tiny_checkpoints: dict[str, P
     output = console.file.getvalue()  # type: ignore[attr-defined]
     assert "lora fine-tune of" in output and "16,384 of 221,760 parameters train" in output
     assert f"dry run: one step took loss {loss:.4f}; nothing was written" in output
+
+
+def test_the_start_banner(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from entrenar.train.estimate import estimate_memory
+    from entrenar.train.run import describe_run
+
+    config = runs.write_config(tmp_path, tiny_checkpoints["qwen2"], qat={"format": "q8_0"})
+    run = build_run(load_config(config, ["training.grad_accum=2", "data.val_split=0.25"]))
+    lines = describe_run(run).splitlines()
+    # 8 memory records, 2 held out: 6 samples in batches of 4 are 2 batches an epoch; 10 steps of 2 batches
+    assert (
+        lines[0].startswith("lora fine-tune of ") and "6 training samples (prompt_completion), 2 validation" in lines[0]
+    )
+    assert lines[1:4] == [
+        "  techniques  LoRA + quantization-aware training",
+        "  schedule    10 epochs of 2 batches, 10 optimizer steps of 4 (batch) x 2 (accumulation) x 1 (process) = 8 "
+        "sequences of up to 64 tokens",
+        "  device      cpu, float32 (no autocast)",
+    ]
+    total = estimate_memory(run.config, run.model.config, run.model).total
+    assert lines[4].startswith(f"  memory      about {human_size(total)} estimated (weights ")
 
 
 def test_resume_true_without_a_checkpoint_fails(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:

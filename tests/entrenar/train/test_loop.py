@@ -30,6 +30,7 @@ from entrenar.train import (
     latest_checkpoint,
     load_checkpoint,
 )
+from entrenar.train.callbacks import smoothed_loss
 from entrenar.train.records import EpochSummary
 from entrenar.train.state import LogWindow
 
@@ -187,12 +188,17 @@ def _progress_output(config: Path, terminal: bool) -> str:
 
 def test_progress_lines_without_a_terminal(config: Path) -> None:
     lines = _progress_output(config, terminal=False).splitlines()
-    pattern = r"step {}/3 \| loss \d+\.\d{{4}} \| lr 1\.000e-02 \| \d+ tok/s \| ETA \d+:\d\d:\d\d"
-    assert re.fullmatch(pattern.format(1), lines[0])
+    pattern = (
+        r"step {}/3 \| epoch {} \| loss (\d+\.\d{{4}}) \(smoothed (\d+\.\d{{4}})\) \| lr 1\.000e-02 \| grad norm "
+        r"\d\.?\d* \| \d+ tok/s \| ETA \d+:\d\d:\d\d \| peak memory \d+\.\d [MG]B"
+    )
+    first = re.fullmatch(pattern.format(1, "0.50"), lines[0])
+    assert first is not None and first[1] == first[2]  # one loss: the smoothed loss is that loss
     assert re.fullmatch(r"eval step 2: loss \d+\.\d{4} \| perplexity \d+\.\d{3} \| token accuracy 0\.\d{4}", lines[2])
     # 6 training records in batches of 4: 2 batches an epoch, so 3 steps end epoch 1 and half of epoch 2.
     assert re.fullmatch(r"Epoch 1/2: loss=\d+\.\d{3}, lr=1\.0e-2", lines[3])
-    assert re.fullmatch(pattern.format(3), lines[4]) and lines[4].endswith("ETA 0:00:00")
+    third = re.fullmatch(pattern.format(3, "1.50"), lines[4])
+    assert third is not None and "ETA 0:00:00" in lines[4]
     assert re.fullmatch(r"Epoch 2/2: loss=\d+\.\d{3}, lr=1\.0e-2 \(stopped after 50% of the epoch\)", lines[6])
     assert len(lines) == 7  # 3 steps, evaluations at 2 and 3, 2 epoch lines
 
@@ -202,6 +208,17 @@ def test_progress_bar_on_a_terminal(config: Path) -> None:
     assert "\x1b[" in output  # rich redraws the bar with control sequences
     assert "3/3" in output and "tok/s" in output and "eval step 2: loss" in output
     assert "step 1/3 |" not in output  # no plain lines
+
+
+def test_smoothed_loss_by_hand() -> None:
+    history: list[Any] = [
+        {"kind": "train", "loss": 2.0},
+        {"kind": "eval", "eval_loss": 9.0},
+        {"kind": "train", "loss": 1.0},
+    ]
+    # (0.9 * 0.1 * 2 + 0.1 * 1) / (0.9 * 0.1 + 0.1) = 0.28 / 0.19
+    assert smoothed_loss(history) == pytest.approx(0.28 / 0.19)
+    assert math.isnan(smoothed_loss([]))
 
 
 def test_eta_is_unknown_before_the_first_step(config: Path) -> None:

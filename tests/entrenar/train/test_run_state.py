@@ -21,7 +21,8 @@ from entrenar.errors import NonFiniteError, TrainingInterrupted
 from entrenar.monitor.state import RUN_STATE_NAME, read_run_state
 from entrenar.monitor.state import liveness as liveness_of
 from entrenar.train import Callback, Trainer, run_training
-from entrenar.train.run_state import RunStateWriter, process_memory
+from entrenar.train.memory import process_memory
+from entrenar.train.run_state import RunStateWriter
 
 runs = import_module("entrenar_train_test_runs")  # registered by conftest.py
 

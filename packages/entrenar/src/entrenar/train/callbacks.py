@@ -19,15 +19,17 @@ before the first step, so a resumed run stays bit-identical.
 - `CheckpointSaver` saves a checkpoint every ``save_every`` steps.
 - `EarlyStopping` ends the run after ``patience`` evaluations without a lower validation loss
   (Prechelt 1998, "Early Stopping - But When?", https://doi.org/10.1007/3-540-49430-8_3).
-- `ProgressDisplay` shows step, loss, lr, tokens/s and ETA: a rich progress bar on a terminal, plain
-  lines otherwise (logs, CI); and one line per epoch, ``Epoch 1/3: loss=2.341, lr=2.0e-4``.
+- `ProgressDisplay` shows step/total, epoch, loss (and its parts) with its smoothed value, lr, gradient norm,
+  tokens/s, ETA and peak memory: a rich progress bar on a terminal, plain lines otherwise (logs, CI); and one line
+  per epoch, ``Epoch 1/3: loss=2.341, lr=2.0e-4``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,13 +38,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from aprender.atomic import atomic_write_text
-from entrenar.display import scientific
+from entrenar.display import human_size, scientific
 from entrenar.train.records import EpochSummary, EvalRecord, MetricRecord, TrainRecord
 
 if TYPE_CHECKING:
     from entrenar.train.loop import Trainer
 
-__all__ = ["Callback", "CheckpointSaver", "EarlyStopping", "MetricsLogger", "ProgressDisplay"]
+__all__ = ["Callback", "CheckpointSaver", "EarlyStopping", "MetricsLogger", "ProgressDisplay", "smoothed_loss"]
 
 
 class Callback:
@@ -243,12 +245,32 @@ class ProgressDisplay(Callback):
             self._progress = None
 
     def _describe(self, trainer: Trainer, record: TrainRecord) -> str:
+        from entrenar.train.memory import peak_memory
+
         eta = self.eta(trainer)
         parts = record.get("parts", {})
         # one part is the loss itself; with several (ce + kd ...) each is shown after the total
         shown = f" ({', '.join(f'{name} {value:.4f}' for name, value in parts.items())})" if len(parts) > 1 else ""
+        smoothed = smoothed_loss(trainer.state.history)
         return (
-            f"step {record['step']}/{trainer.state.total_steps} | loss {record['loss']:.4f}{shown}"
-            f" | lr {record['lr']:.3e} | {record['tokens_per_s']:.0f} tok/s"
+            f"step {record['step']}/{trainer.state.total_steps} | epoch {record['epoch']:.2f}"
+            f" | loss {record['loss']:.4f}{shown} (smoothed {smoothed:.4f}) | lr {record['lr']:.3e}"
+            f" | grad norm {record['grad_norm']:.3g} | {record['tokens_per_s']:.0f} tok/s"
             f" | ETA {_format_eta(eta) if eta is not None else '?'}"
+            f" | peak memory {human_size(peak_memory(trainer.run.device))}"
         )
+
+
+SMOOTHING = 0.9
+"""Weight of the past in `smoothed_loss`."""
+
+
+def smoothed_loss(history: Sequence[MetricRecord]) -> float:
+    """The exponential moving average of the train records' losses, weight `SMOOTHING` on the past, corrected for
+    its start at zero (as Adam corrects its moments): a loss line that does not jump with every batch."""
+    average, weight = 0.0, 0.0
+    for record in history:
+        if record["kind"] == "train":
+            average = SMOOTHING * average + (1 - SMOOTHING) * record["loss"]
+            weight = SMOOTHING * weight + (1 - SMOOTHING)
+    return average / weight if weight else math.nan

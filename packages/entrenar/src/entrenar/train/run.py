@@ -30,6 +30,7 @@ from entrenar.config import TrainConfig, write_resolved_config
 from entrenar.constants import CHECKPOINTS_DIR, FINAL_MODEL_NAME, METRICS_NAME
 from entrenar.display import Report, human_size, shown_path
 from entrenar.errors import CheckpointError
+from entrenar.monitor.state import RUN_STATE_NAME
 from entrenar.train.build import TrainingRun, build_run
 from entrenar.train.callbacks import (
     Callback,
@@ -96,9 +97,13 @@ def default_callbacks(cfg: TrainConfig, console: Console) -> list[Callback]:
 
 
 def describe_run(run: TrainingRun) -> str:
-    """One line: method (and teachers), model, trainable parameters, data and the run's length."""
-    cfg, counts = run.config, count_parameters(run.model)
-    val = "" if run.val_data is None else f", {len(run.val_data.samples)} validation samples"
+    """The start banner: what trains, on what data, for how long, where and in what precision, and the memory
+    estimate, one aspect per line (the first line alone says what the run is)."""
+    from entrenar.constants import TECHNIQUE_NAMES
+    from entrenar.train.estimate import estimate_memory
+
+    cfg, counts, plan = run.config, count_parameters(run.model), run.plan
+    techniques = " + ".join(TECHNIQUE_NAMES.get(t, t) for t in cfg.techniques)
     distill = cfg.distill
     taught = (
         ""
@@ -106,11 +111,31 @@ def describe_run(run: TrainingRun) -> str:
         else f" distilled from {', '.join(t.path for t in distill.teacher_models)} ({distill.loss}, "
         f"T={distill.temperature:g}, alpha={distill.alpha:g})"
     )
-    return (
-        f"{cfg.method} fine-tune{taught} of {cfg.model.path} on {run.device.type}: {counts.trainable:,} of "
-        f"{counts.total:,} parameters train ({counts.percent:.2f}%); {len(run.train_data.samples)} training samples "
-        f"({run.train_data.stats.format}){val}; {run.plan.total_steps} steps of {cfg.training.grad_accum} x "
-        f"{cfg.data.batch_size} x {cfg.data.seq_len} tokens"
+    val = "" if run.val_data is None else f", {len(run.val_data.samples)} validation samples"
+    training = cfg.training
+    epochs = plan.total_micro_batches / plan.batches_per_epoch
+    sequences = cfg.data.batch_size * training.grad_accum
+    dtype = str(run.precision.dtype).removeprefix("torch.")
+    autocast = "autocast" if run.precision.uses_autocast else "no autocast"
+    scaling = ", loss scaling" if run.precision.uses_grad_scaler else ""
+    memory = estimate_memory(cfg, run.model.config, run.model)
+    parts = (
+        f"weights {human_size(memory.weights)}, gradients {human_size(memory.gradients)}, optimizer "
+        f"{human_size(memory.optimizer)}, activations {human_size(memory.activations)}"
+    )
+    return "\n".join(
+        [
+            f"{cfg.method} fine-tune{taught} of {cfg.model.path} on {run.device.type}: {counts.trainable:,} of "
+            f"{counts.total:,} parameters train ({counts.percent:.2f}%); {len(run.train_data.samples)} training "
+            f"samples ({run.train_data.stats.format}){val}; {plan.total_steps} steps of {training.grad_accum} x "
+            f"{cfg.data.batch_size} x {cfg.data.seq_len} tokens",
+            f"  techniques  {techniques}",
+            f"  schedule    {epochs:.3g} epochs of {plan.batches_per_epoch} batches, {plan.total_steps} optimizer "
+            f"steps of {cfg.data.batch_size} (batch) x {training.grad_accum} (accumulation) x 1 (process) = "
+            f"{sequences} sequences of up to {cfg.data.seq_len} tokens",
+            f"  device      {run.device}, {dtype} ({autocast}{scaling})",
+            f"  memory      about {human_size(memory.total)} estimated ({parts})",
+        ]
     )
 
 
@@ -187,7 +212,7 @@ def run_training(
     state = trainer.fit()
     files = write_outputs(run, state, out)
     say(f"Trained {state.step} steps in {state.elapsed:.1f}s")
-    for path in [*files, resolved, out / METRICS_NAME]:
+    for path in [*files, resolved, out / METRICS_NAME, out / RUN_STATE_NAME]:
         say(f"Saved: {shown_path(path)} ({human_size(path.stat().st_size)})")
     url = None
     if cfg.publish is not None:

@@ -6,15 +6,12 @@ process), and once more at the end: ``finished``, ``interrupted`` (SIGINT/SIGTER
 a non-finite loss or gradient also becomes an alarm. Writes go through one lock, each replacing the file
 atomically.
 
-Memory is read from the operating system: resident set size from ``/proc/self/statm`` (None where there is no
-``/proc``), its peak from ``getrusage``; on CUDA, torch's allocated and reserved bytes.
+Memory comes from `entrenar.train.memory.process_memory`.
 """
 
 from __future__ import annotations
 
 import os
-import resource
-import sys
 import threading
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -27,31 +24,12 @@ from entrenar.constants import CHECKPOINTS_DIR
 from entrenar.errors import NonFiniteError
 from entrenar.monitor.state import HEARTBEAT_EVERY, RunState, Status, write_run_state
 from entrenar.train.callbacks import Callback
+from entrenar.train.memory import process_memory
 
 if TYPE_CHECKING:
     from entrenar.train.loop import Trainer
 
-__all__ = ["RunStateWriter", "process_memory"]
-
-
-def process_memory(device: torch.device) -> dict[str, int | None]:
-    """``rss_bytes``, ``peak_rss_bytes`` of this process; ``cuda_allocated_bytes``, ``cuda_reserved_bytes`` on CUDA
-    (else None)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text(encoding="ascii").split()[1])
-        rss: int | None = pages * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        rss = None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    peak = max(peak, rss or 0)  # the kernel counts the two a little differently
-    cuda = device.type == "cuda"
-    return {
-        "rss_bytes": rss,
-        "peak_rss_bytes": peak,
-        "cuda_allocated_bytes": torch.cuda.memory_allocated(device) if cuda else None,
-        "cuda_reserved_bytes": torch.cuda.memory_reserved(device) if cuda else None,
-    }
+__all__ = ["RunStateWriter"]
 
 
 class RunStateWriter(Callback):

@@ -84,6 +84,7 @@ def test_config_to_dict_is_plain_and_complete(project: Path, write_config: Write
             "early_stopping_patience": None,
             "gradient_checkpointing": False,
             "log_every": 10,
+            "report_to": [],
         },
         "publish": {
             "repo": "me/x",

@@ -117,6 +117,7 @@ KEY_TABLE: list[tuple[str, Any, dict[str, Any], Expected]] = [
     ("training.early_stopping_patience", 2, {"data": {"val_split": 0.1}}, 2),
     ("training.gradient_checkpointing", True, {}, True),
     ("training.log_every", 1, {}, 1),
+    ("training.report_to", ["tensorboard", "tensorboard"], {}, ("tensorboard",)),
     ("publish.repo", "me/tiny-ft", {}, "me/tiny-ft"),
     ("publish.private", True, {"publish": {"repo": "me/x"}}, True),
     ("publish.model_card", False, {"publish": {"repo": "me/x"}}, False),

@@ -25,6 +25,7 @@ _EXPECTED = {
     "bool": "true or false",
     "str": "a string",
     "pair": "a list of two numbers",
+    "strs": "a list of strings",
     "targets": "'all-linear', a regex string or a list of module names",
     "layer_pairs": "'auto' or a list of [student_layer, teacher_layer] pairs",
     "section": "a mapping of keys",
@@ -179,7 +180,7 @@ def convert(value: object, spec: Spec, path: str, ctx: Context) -> Any:
             return None
         raise ctx.error(path, f"expected {_EXPECTED[spec.kind]}, got null")
     result = _CONVERTERS[spec.kind](value, spec, path, ctx)
-    if spec.choices and result not in spec.choices:
+    if spec.choices and spec.kind != "strs" and result not in spec.choices:
         raise ctx.error(path, _not_a_choice(result, spec.choices))
     return result
 
@@ -227,6 +228,17 @@ def _to_pair(value: object, spec: Spec, path: str, ctx: Context) -> tuple[float,
         raise ctx.error(path, f"expected a list of two numbers like [0.9, 0.999], got {describe(value)}")
     first, second = (_to_float(item, spec, f"{path}[{i}]", ctx) for i, item in enumerate(value))
     return first, second
+
+
+def _to_strs(value: object, spec: Spec, path: str, ctx: Context) -> tuple[str, ...]:
+    """A list of non-empty strings (each one of `spec.choices` when there are choices), each kept once."""
+    if not isinstance(value, list | tuple):
+        raise ctx.error(path, f"expected {_EXPECTED['strs']} like [a, b], got {describe(value)}")
+    items = tuple(_to_str(item, spec, f"{path}[{i}]", ctx) for i, item in enumerate(value))
+    for i, item in enumerate(items):
+        if spec.choices and item not in spec.choices:
+            raise ctx.error(f"{path}[{i}]", _not_a_choice(item, spec.choices))
+    return tuple(dict.fromkeys(items))
 
 
 def _to_targets(value: object, spec: Spec, path: str, ctx: Context) -> str | tuple[str, ...]:
@@ -303,6 +315,7 @@ _CONVERTERS: dict[str, Callable[[Any, Spec, str, Context], Any]] = {
     "bool": _to_bool,
     "str": _to_str,
     "pair": _to_pair,
+    "strs": _to_strs,
     "targets": _to_targets,
     "layer_pairs": _to_layer_pairs,
     "section": _to_section,

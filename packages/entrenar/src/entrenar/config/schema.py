@@ -76,6 +76,7 @@ SKEW_LOSSES = ("skew_forward_kl", "skew_reverse_kl")
 PRUNE_SCHEDULES = ("gradual", "oneshot", "keep")
 QAT_INTEGER_FORMATS = ("int8", "int4")
 QAT_ACTIVATIONS = ("int8",)
+REPORT_TO = ("tensorboard",)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class Spec:
 
     Attributes:
         kind: ``"int"``, ``"float"`` (ints accepted), ``"bool"``, ``"str"`` (non-empty), ``"pair"`` (two
-            floats, from a list), ``"targets"`` (``"all-linear"``, a regex string or a list of names),
+            floats, from a list), ``"strs"`` (a list of non-empty strings, each once; `choices` apply to each),
+            ``"targets"`` (``"all-linear"``, a regex string or a list of names),
             ``"layer_pairs"`` (``"auto"`` or a list of ``[int, int]``), ``"section"`` (a nested mapping) or
             ``"sections"`` (a list of nested mappings).
         choices: Allowed values; empty means any value of the kind.
@@ -455,6 +457,10 @@ class TrainingSection:
             >= 1; needs ``data.val_path`` or ``data.val_split``. null turns it off.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         log_every: Write a line to ``metrics.jsonl`` every this many optimizer steps, >= 1.
+        report_to: Where the scalars of ``metrics.jsonl`` also go, a list: ``tensorboard`` writes TensorBoard
+            event files into ``<output_dir>/tensorboard/`` (tags named as the keys of ``metrics.jsonl``: ``loss``,
+            ``lr``, ``grad_norm``, ``tokens_per_s``, ``parts/ce``, ``eval_loss`` ...; a resumed run hides what the
+            interrupted one logged after its checkpoint). ``metrics.jsonl`` is always written; ``[]`` adds nothing.
     """
 
     epochs: int = _key(3, kind="int", low=1)
@@ -469,6 +475,7 @@ class TrainingSection:
     early_stopping_patience: int | None = _key(None, kind="int", low=1, nullable=True)
     gradient_checkpointing: bool = _key(False, kind="bool")
     log_every: int = _key(10, kind="int", low=1)
+    report_to: tuple[str, ...] = _key((), kind="strs", choices=REPORT_TO)
 
 
 @dataclass(frozen=True)

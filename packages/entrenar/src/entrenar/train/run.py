@@ -50,6 +50,7 @@ from entrenar.train.loop import Trainer
 from entrenar.train.outputs import write_outputs
 from entrenar.train.run_state import RunStateWriter
 from entrenar.train.state import TrainState
+from entrenar.train.tensorboard import TENSORBOARD_DIR, TensorBoardLogger
 
 __all__ = ["TrainResult", "default_callbacks", "describe_run", "dry_run", "run_training"]
 
@@ -76,7 +77,8 @@ class TrainResult:
 
 
 def default_callbacks(cfg: TrainConfig, console: Console) -> list[Callback]:
-    """``run_state.json``, ``metrics.jsonl``, early stopping (when configured), checkpoints, progress: in that order.
+    """``run_state.json``, ``metrics.jsonl``, TensorBoard (``training.report_to``), early stopping (when configured),
+    checkpoints, progress: in that order.
 
     Args:
         cfg: The config (``training.*``).
@@ -90,6 +92,8 @@ def default_callbacks(cfg: TrainConfig, console: Console) -> list[Callback]:
         RunStateWriter(training.output_dir),
         MetricsLogger(Path(training.output_dir) / METRICS_NAME),
     ]
+    if "tensorboard" in training.report_to:
+        callbacks.append(TensorBoardLogger(Path(training.output_dir) / TENSORBOARD_DIR))
     if training.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(training.early_stopping_patience))
     callbacks += [CheckpointSaver(training.save_every), ProgressDisplay(console)]

@@ -19,6 +19,7 @@ from entrenar.cli.generate import generate_command
 from entrenar.cli.info import info_command
 from entrenar.cli.init import init
 from entrenar.cli.merge import merge_command
+from entrenar.cli.monitor import monitor_command
 from entrenar.cli.prune import prune_command
 from entrenar.cli.publish import publish_command, push_command
 from entrenar.cli.quantize import quantize_command
@@ -51,6 +52,7 @@ _COMMANDS: list[click.Command] = [
     distill_cache_command,
     prune_command,
     quantize_command,
+    monitor_command,
 ]
 for _command in _COMMANDS:
     cli.add_command(_command)

@@ -85,6 +85,9 @@ def test_config_to_dict_is_plain_and_complete(project: Path, write_config: Write
             "gradient_checkpointing": False,
             "log_every": 10,
             "report_to": [],
+            "sample_prompts": [],
+            "sample_every": None,
+            "sample_max_new_tokens": None,
         },
         "publish": {
             "repo": "me/x",

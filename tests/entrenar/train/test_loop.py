@@ -188,6 +188,8 @@ def _progress_output(config: Path, terminal: bool) -> str:
 
 def test_progress_lines_without_a_terminal(config: Path) -> None:
     lines = _progress_output(config, terminal=False).splitlines()
+    base = r"eval of the base model: loss \d+\.\d{4} \| perplexity \d+\.\d{3} \| token accuracy 0\.\d{4}"
+    assert re.fullmatch(base, lines.pop(0))  # a fresh run with validation data evaluates the base model first
     pattern = (
         r"step {}/3 \| epoch {} \| loss (\d+\.\d{{4}}) \(smoothed (\d+\.\d{{4}})\) \| lr 1\.000e-02 \| grad norm "
         r"\d\.?\d* \| \d+ tok/s \| ETA \d+:\d\d:\d\d \| peak memory \d+\.\d [MG]B"

@@ -53,7 +53,7 @@ def test_tensorboard_reads_what_metrics_jsonl_holds(tiny_checkpoints: dict[str, 
         "loss", "lr", "grad_norm", "tokens_per_s", "tokens", "epoch", "parts/ce",
         "eval_loss", "eval_perplexity", "eval_token_accuracy", "eval_tokens",
     }  # fmt: skip
-    assert scalars == expected and [step for step, _ in scalars["eval_loss"]] == [2, 4]
+    assert scalars == expected and [step for step, _ in scalars["eval_loss"]] == [0, 2, 4]  # 0: the base model
 
 
 def test_without_report_to_there_are_no_event_files(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:

@@ -39,6 +39,8 @@ from entrenar.config.schema import (
 )
 
 Values = dict[str, Any]
+SAMPLE_MAX_NEW_TOKENS = 64
+"""``training.sample_max_new_tokens`` when null and there are sample prompts."""
 
 _GLOB_MAGIC = re.compile(r"[*?[]")
 _QUANT_TYPE_FOR_BITS = {4: "nf4", 8: "int8"}
@@ -204,6 +206,12 @@ def build_training(raw: object, has_val: bool, ctx: Context) -> Values:
         values["output_dir"] = output
     if values.get("early_stopping_patience") is not None and not has_val:
         ctx.report("training.early_stopping_patience", "needs validation data; set data.val_path or data.val_split")
+    if not values.get("sample_prompts") and ctx.ok("training.sample_prompts"):
+        for key in ("sample_every", "sample_max_new_tokens"):
+            if values.get(key) is not None:
+                ctx.report(f"training.{key}", "applies with training.sample_prompts only; add prompts or remove it")
+    elif values.get("sample_prompts"):
+        _default(values, "sample_max_new_tokens", SAMPLE_MAX_NEW_TOKENS)
     return values
 
 

@@ -461,6 +461,15 @@ class TrainingSection:
             event files into ``<output_dir>/tensorboard/`` (tags named as the keys of ``metrics.jsonl``: ``loss``,
             ``lr``, ``grad_norm``, ``tokens_per_s``, ``parts/ce``, ``eval_loss`` ...; a resumed run hides what the
             interrupted one logged after its checkpoint). ``metrics.jsonl`` is always written; ``[]`` adds nothing.
+        sample_prompts: Prompts answered greedily during training, a list (each as the training data presents a
+            prompt: a user turn of the tokenizer's chat template for conversation formats when it has one, plain
+            text otherwise): before the first step, every ``sample_every`` steps and after the last. The answers go
+            to ``metrics.jsonl`` (``kind: sample``), the console, ``entrenar monitor`` and, the first and last, to
+            the model card. ``[]``: no samples.
+        sample_every: With ``sample_prompts``: also answer them every this many optimizer steps, >= 1; null: only
+            before the first step and after the last.
+        sample_max_new_tokens: With ``sample_prompts``: the most tokens of each answer, >= 1; null: 64 with
+            ``sample_prompts``.
     """
 
     epochs: int = _key(3, kind="int", low=1)
@@ -476,6 +485,9 @@ class TrainingSection:
     gradient_checkpointing: bool = _key(False, kind="bool")
     log_every: int = _key(10, kind="int", low=1)
     report_to: tuple[str, ...] = _key((), kind="strs", choices=REPORT_TO)
+    sample_prompts: tuple[str, ...] = _key((), kind="strs")
+    sample_every: int | None = _key(None, kind="int", low=1, nullable=True)
+    sample_max_new_tokens: int | None = _key(None, kind="int", low=1, nullable=True)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ The `Trainer` calls, in this order per optimizer step: the step itself with `Cal
 right after the optimizer updated the weights (before the schedule moves on: where pruning masks and QAT
 counters live), then `Callback.on_log` with a ``metrics.jsonl`` record when a log is due,
 `Callback.on_evaluate` with an eval record when an evaluation is due, `Callback.on_epoch_end` with an
-`EpochSummary` when the step ends an epoch, then `Callback.on_step_end`. An error inside a step reaches
+`EpochSummary` when the step ends an epoch, then `Callback.on_step_end`; `Callback.on_sample` with each greedy
+answer to ``training.sample_prompts`` when samples are due (and before the first step of a fresh run, with the
+evaluation of the base model). An error inside a step reaches
 `Callback.on_error` before it propagates (SIGINT/SIGTERM reach `Callback.on_interrupt` instead).
 Callbacks run in the order given, so a checkpoint taken in ``on_step_end`` already holds that step's
 records and early-stopping verdict.
@@ -39,7 +41,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from aprender.atomic import atomic_write_text
 from entrenar.display import human_size, scientific
-from entrenar.train.records import EpochSummary, EvalRecord, MetricRecord, TrainRecord
+from entrenar.train.records import EpochSummary, EvalRecord, MetricRecord, SampleRecord, TrainRecord
 
 if TYPE_CHECKING:
     from entrenar.train.loop import Trainer
@@ -73,6 +75,9 @@ class Callback:
 
     def on_evaluate(self, trainer: Trainer, record: EvalRecord) -> None:
         """An evaluation record was added to ``trainer.state.history``."""
+
+    def on_sample(self, trainer: Trainer, record: SampleRecord) -> None:
+        """A sample record (a greedy answer to one of ``training.sample_prompts``) was added to the history."""
 
     def on_epoch_end(self, trainer: Trainer, summary: EpochSummary) -> None:
         """The step just taken ended an epoch (or the run ended mid-epoch: ``summary["complete"]`` < 1)."""
@@ -114,6 +119,10 @@ class MetricsLogger(Callback):
 
     def on_evaluate(self, trainer: Trainer, record: EvalRecord) -> None:
         """Append the evaluation record."""
+        self._append(record)
+
+    def on_sample(self, trainer: Trainer, record: SampleRecord) -> None:
+        """Append the sample record."""
         self._append(record)
 
     def _append(self, record: MetricRecord) -> None:
@@ -209,7 +218,15 @@ class ProgressDisplay(Callback):
         )
         if "eval_kl_to_teacher" in record:
             line += f" | KL to teacher {record['eval_kl_to_teacher']:.4f}"
+        if record["step"] == 0:
+            line = line.replace("eval step 0:", "eval of the base model:", 1)
         self.console.print(line, highlight=False, soft_wrap=True)
+
+    def on_sample(self, trainer: Trainer, record: SampleRecord) -> None:
+        """Print ``sample step 4: PROMPT -> ANSWER`` (one line each, newlines shown as ``\\n``)."""
+        prompt, answer = (text.replace("\n", "\\n") for text in (record["prompt"], record["answer"]))
+        self.console.print(f"sample step {record['step']}: {prompt} -> {answer}", markup=False, highlight=False,
+                           soft_wrap=True)  # fmt: skip
 
     def on_epoch_end(self, trainer: Trainer, summary: EpochSummary) -> None:
         """Print ``Epoch 1/3: loss=2.341, lr=2.0e-4`` (and how much of the epoch ran, when not all of it)."""

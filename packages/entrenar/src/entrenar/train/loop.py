@@ -37,7 +37,8 @@ from entrenar.train.build import TrainingRun
 from entrenar.train.callbacks import Callback
 from entrenar.train.checkpoint import Checkpoint, capture_rng_state, restore_rng_state, save_checkpoint
 from entrenar.train.evaluate import EvalMetrics, evaluate
-from entrenar.train.records import EpochSummary, EvalRecord, TrainRecord
+from entrenar.train.records import EpochSummary, EvalRecord, SampleRecord, TrainRecord
+from entrenar.train.samples import sample_answers
 from entrenar.train.state import LogWindow, TrainState
 
 __all__ = ["RESUMABLE_KEYS", "Trainer"]
@@ -133,6 +134,10 @@ class Trainer:
         self._session_start = self._window_start = time.perf_counter()
         self._emit("on_train_begin")
         try:
+            if self.state.step == 0 and not self.state.history:  # a fresh run: the base model, once
+                if self.run.val_data is not None:
+                    self._evaluate(base=True)
+                self._sample()
             with _StopSignals() as signals:
                 while not self.state.done:
                     self.train_step()
@@ -182,6 +187,8 @@ class Trainer:
             self._log()
         if self.run.val_data is not None and (state.step % training.eval_every == 0 or last):
             self._evaluate()
+        if (training.sample_every is not None and state.step % training.sample_every == 0) or last:
+            self._sample()
         finished = state.micro_batches // state.batches_per_epoch
         if finished > state.epochs_summarised:
             summary = self._epoch_summary(finished)
@@ -239,12 +246,16 @@ class Trainer:
             run.loss, run.val_data, batch_size=run.config.data.batch_size, device=run.device, precision=run.precision
         )
 
-    def _evaluate(self) -> None:
+    def _evaluate(self, base: bool = False) -> None:
+        """Evaluate, record and tell the callbacks; the `base` evaluation (step 0, before training) is a reference
+        that neither best-loss tracking nor early stopping counts."""
         state = self.state
         started = time.perf_counter()
         metrics = self.evaluate()
         self._window_start += time.perf_counter() - started  # evaluation time does not count against tokens/s
-        if state.best_eval_loss is None or metrics.loss < state.best_eval_loss:
+        if base:
+            pass
+        elif state.best_eval_loss is None or metrics.loss < state.best_eval_loss:
             state.best_eval_loss, state.best_eval_step, state.evals_without_improvement = metrics.loss, state.step, 0
         else:
             state.evals_without_improvement += 1
@@ -261,6 +272,19 @@ class Trainer:
             record["eval_kl_to_teacher"] = metrics.kl_to_teacher
         state.history.append(record)
         self._emit("on_evaluate", record)
+
+    def _sample(self) -> None:
+        """Greedy answers to ``training.sample_prompts`` (none: nothing), recorded and told to the callbacks."""
+        prompts = self.run.config.training.sample_prompts
+        if not prompts:
+            return
+        started = time.perf_counter()
+        answers = sample_answers(self.run, prompts)
+        self._window_start += time.perf_counter() - started  # as evaluation: not counted against tokens/s
+        for prompt, answer in zip(prompts, answers, strict=True):
+            record: SampleRecord = {"kind": "sample", "step": self.state.step, "prompt": prompt, "answer": answer}
+            self.state.history.append(record)
+            self._emit("on_sample", record)
 
     # ------------------------------------------------------------------------------------ resume
 

@@ -7,7 +7,8 @@ every key is checked by the type checker where it is written or read.
 
 A ``"train"`` record describes the optimizer steps since the previous one; ``parts`` holds each named part
 of the loss (``ce``, later ``kd`` ...), each a mean per target token like ``loss``, which is what was
-optimized. An ``"eval"`` record holds one evaluation on the validation data.
+optimized. An ``"eval"`` record holds one evaluation on the validation data (at step 0: the base model, before
+training). A ``"sample"`` record holds a greedy answer to one of ``training.sample_prompts``.
 
 `EpochSummary` is no ``metrics.jsonl`` line: the loop hands it to the callbacks when an epoch ends (the
 progress display prints it), built from the `TrainState`'s own epoch window so a resumed run reports
@@ -23,7 +24,7 @@ from typing import Literal, TypedDict, cast
 
 from typing_extensions import NotRequired
 
-__all__ = ["EpochSummary", "EvalRecord", "MetricRecord", "TrainRecord", "read_metrics"]
+__all__ = ["EpochSummary", "EvalRecord", "MetricRecord", "SampleRecord", "TrainRecord", "read_metrics"]
 
 
 class TrainRecord(TypedDict):
@@ -62,7 +63,17 @@ class EvalRecord(TypedDict):
     eval_kl_to_teacher: NotRequired[float]
 
 
-MetricRecord = TrainRecord | EvalRecord
+class SampleRecord(TypedDict):
+    """A ``"sample"`` line: the greedy answer to one of ``training.sample_prompts`` after optimizer step ``step``
+    (0: the base model, before the first step)."""
+
+    kind: Literal["sample"]
+    step: int
+    prompt: str
+    answer: str
+
+
+MetricRecord = TrainRecord | EvalRecord | SampleRecord
 
 
 class EpochSummary(TypedDict):
@@ -92,7 +103,7 @@ def read_metrics(path: str | os.PathLike[str]) -> list[MetricRecord]:
         path: The file.
 
     Returns:
-        The train and eval records.
+        The train, eval and sample records.
 
     Raises:
         OSError: The file cannot be read.
@@ -103,6 +114,6 @@ def read_metrics(path: str | os.PathLike[str]) -> list[MetricRecord]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a killed write
-        if isinstance(record, dict) and record.get("kind") in ("train", "eval"):
+        if isinstance(record, dict) and record.get("kind") in ("train", "eval", "sample"):
             records.append(cast(MetricRecord, record))
     return records

@@ -60,7 +60,8 @@ class TensorBoardLogger(Callback):
     def on_evaluate(self, trainer: Trainer, record: EvalRecord) -> None:
         """The eval record's scalars."""
         assert self._writer is not None
-        scalars = {key: float(value) for key, value in record.items() if key.startswith("eval_")}
+        scalars = {key: float(value) for key, value in record.items() if isinstance(value, int | float)}
+        scalars = {key: value for key, value in scalars.items() if key.startswith("eval_")}
         self._writer.add_scalars(scalars, step=record["step"])
         self._writer.flush()
 

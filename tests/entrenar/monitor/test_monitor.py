@@ -4,9 +4,15 @@ screenshot), against recorded and live run folders; the plain summary without a 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import pty
 import re
+import select
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -265,6 +271,42 @@ def test_on_a_terminal_the_command_opens_the_dashboard(
     monkeypatch.setattr(MonitorApp, "run", lambda self: opened.append(self.folder))
     assert run_cli(capsys, "monitor", str(tmp_path)) == (0, "", "")
     assert opened == [tmp_path]
+
+
+def _read_terminal(leader: int) -> bytes:
+    """What the program wrote to the terminal in the next 0.2 s (nothing once it closed the terminal)."""
+    try:
+        return os.read(leader, 1 << 16) if select.select([leader], [], [], 0.2)[0] else b""
+    except OSError:  # EIO: the program exited
+        return b""
+
+
+def test_in_a_real_terminal_the_dashboard_shows_the_run_and_q_quits(tmp_path: Path) -> None:
+    RunWriter(tmp_path).steps(12)
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 40 rows, 120 columns
+    process = subprocess.Popen(
+        [sys.executable, "-m", "entrenar.cli", "monitor", str(tmp_path)],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "TERM": "xterm-256color"},
+        start_new_session=True,
+    )
+    os.close(follower)
+    shown, deadline = b"", time.monotonic() + 20
+    try:
+        while not (b"RUNNING" in shown and b"12/100" in shown) and time.monotonic() < deadline:
+            shown += _read_terminal(leader)
+        assert b"RUNNING" in shown and b"12/100" in shown
+        os.write(leader, b"q")
+        while process.poll() is None and time.monotonic() < deadline:
+            _read_terminal(leader)  # keep the terminal drained while the app restores it
+        assert process.wait(timeout=1) == 0
+    finally:
+        process.kill()
+        process.wait()
+        os.close(leader)
 
 
 @pytest.mark.parametrize(

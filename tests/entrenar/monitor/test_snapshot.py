@@ -24,12 +24,18 @@ def test_the_tail_reads_only_complete_lines_and_skips_broken_ones(tmp_path: Path
     assert tail.eval_losses == [(3, 2.9)]
 
 
-def test_the_tail_starts_over_when_the_file_shrinks(tmp_path: Path) -> None:
+def test_the_tail_starts_over_when_the_file_is_replaced_or_shrinks(tmp_path: Path) -> None:
     run = RunWriter(tmp_path)
     run.append(train_record(1), train_record(2))
     tail = MetricsTail(tmp_path / "metrics.jsonl")
     tail.read()
-    (tmp_path / "metrics.jsonl").write_text(json.dumps(train_record(7)) + "\n")
+    # A resumed run rewrites the file from its checkpoint's records (atomically: a new file) and appends.
+    replacement = tmp_path / "metrics.jsonl.new"
+    replacement.write_text("".join(json.dumps(train_record(step)) + "\n" for step in (1, 5, 6)))  # a longer file
+    replacement.replace(tmp_path / "metrics.jsonl")
+    tail.read()
+    assert tail.losses == [(1, 2.9), (5, 2.5), (6, 2.4)]
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(train_record(7)) + "\n")  # in place, shorter
     tail.read()
     assert tail.losses == [(7, 2.3)]
 

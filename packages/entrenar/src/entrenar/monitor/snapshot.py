@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -78,14 +79,17 @@ class MetricsTail:
         self.samples: deque[Record] = deque(maxlen=RECENT)
         self.alarms: list[Record] = []
         self._offset = 0
+        self._file_id: tuple[int, int] | None = None
 
     def read(self) -> None:
-        """Parse what was appended; start over when the file shrank (replaced by a new run)."""
+        """Parse what was appended; start over when the file was replaced (a run rewrites it as it starts or
+        resumes) or shrank."""
         try:
-            size = self.path.stat().st_size
-            if size < self._offset:
-                self._clear()
             with self.path.open("rb") as file:
+                stat = os.fstat(file.fileno())
+                if (stat.st_dev, stat.st_ino) != self._file_id or stat.st_size < self._offset:
+                    self._clear()
+                    self._file_id = (stat.st_dev, stat.st_ino)
                 file.seek(self._offset)
                 data = file.read()
         except FileNotFoundError:

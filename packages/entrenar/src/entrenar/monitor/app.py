@@ -33,7 +33,7 @@ POLL_SECONDS = 0.5
 VIEWS = ("overview", "samples")
 STATUS_STYLES: dict[Status, str] = {
     "running": "bold green",
-    "finished": "bold blue",
+    "finished": "bold dodger_blue1",
     "failed": "bold red",
     "dead": "bold red",
     "interrupted": "bold yellow",

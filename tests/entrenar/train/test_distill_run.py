@@ -46,7 +46,7 @@ def test_parts_weighting_and_kl_in_evaluations(tiny_checkpoints: dict[str, Path]
         assert record["loss"] == pytest.approx(0.5 * record["parts"]["ce"] + 0.5 * record["parts"]["kd"], rel=1e-5)
     assert train[-1]["parts"]["kd"] < train[0]["parts"]["kd"]  # the student moves toward the teacher
     evals = runs.read_metrics(result.output_dir, "eval")
-    assert [e["step"] for e in evals] == [3, 6] and all(e["eval_kl_to_teacher"] > 0 for e in evals)
+    assert [e["step"] for e in evals] == [0, 3, 6] and all(e["eval_kl_to_teacher"] > 0 for e in evals)  # 0: base
     shown = console.file.getvalue()  # type: ignore[attr-defined]
     assert f"| KL to teacher {evals[-1]['eval_kl_to_teacher']:.4f}" in shown  # in the progress too
     record = json.loads((result.output_dir / "final_model.json").read_text())

@@ -188,7 +188,7 @@ def test_full_fine_tune_int4_with_int8_activations(tiny_checkpoints: dict[str, P
         assert torch.equal(module(inputs), F.linear(inputs, module.weight, module.bias)), name  # off: plain
         module.fake_quant.switch.active = True
     evals = runs.read_metrics(result.output_dir, "eval")
-    assert [e["step"] for e in evals] == [1, 2, 3] and evals[1]["eval_loss"] != evals[2]["eval_loss"]
+    assert [e["step"] for e in evals] == [0, 1, 2, 3] and evals[2]["eval_loss"] != evals[3]["eval_loss"]
     assert isinstance(module, FakeQuantLinear)
     with torch.inference_mode():  # a rounding made under inference mode (generation) ...
         module.weight.data.add_(0)  # ... of a changed weight

@@ -139,7 +139,7 @@ def straight(memorizable_checkpoints: dict[str, Path], tmp_path_factory: pytest.
 
 def test_straight_run_logs_what_the_comparison_needs(straight: Path) -> None:
     assert [r["step"] for r in runs.read_metrics(straight)] == list(range(1, 13))
-    assert [r["step"] for r in runs.read_metrics(straight, "eval")] == [4, 8, 12]
+    assert [r["step"] for r in runs.read_metrics(straight, "eval")] == [0, 4, 8, 12]
     assert [p.name for p in sorted((straight / "checkpoints").glob("step-*"))] == ["step-10", "step-5"]
 
 

@@ -93,3 +93,29 @@ def test_samples_keep_a_resumed_run_bit_identical(tiny_checkpoints: dict[str, Pa
     ours, theirs = (load_file(r.output_dir / "adapter_model.safetensors") for r in (resumed, expected))
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
     assert runs.read_metrics(resumed.output_dir, "sample") == runs.read_metrics(expected.output_dir, "sample")
+
+
+def test_the_card_shows_base_vs_fine_tuned_and_the_answers(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from entrenar.publish.card import CardContext, render_model_card
+
+    config = runs.write_config(tmp_path, tiny_checkpoints["llama"], training=SAMPLING)
+    result, _ = _train(config, "training.max_steps=3", "data.val_split=0.25", "training.eval_every=2")
+    record = json.loads((result.output_dir / "final_model.json").read_text())
+    evals = runs.read_metrics(result.output_dir, "eval")
+    samples = runs.read_metrics(result.output_dir, "sample")
+    assert record["base_eval"] == {k: v for k, v in evals[0].items() if k != "kind"} and evals[0]["step"] == 0
+    assert record["samples"] == {
+        "before": [{"prompt": s["prompt"], "answer": s["answer"]} for s in samples[:2]],
+        "after_step": 3,
+        "after": [{"prompt": s["prompt"], "answer": s["answer"]} for s in samples[-2:]],
+    }
+    card = render_model_card(CardContext("me/tiny", "adapter", ("lora",), record=record))
+    base, tuned = evals[0], evals[-1]
+    assert (
+        "## Base model vs fine-tuned\n\nOn the validation data (the base model evaluated before the first step):\n\n"
+        "| Validation | Base model | Fine-tuned (step 3) |\n|---|---|---|\n"
+        f"| loss | {base['eval_loss']:.4f} | {tuned['eval_loss']:.4f} |\n"
+    ) in card
+    before, after = (s["answer"].replace("\n", "<br>").replace("|", "\\|") for s in (samples[0], samples[-2]))
+    assert "| Prompt | Before training | After training (step 3) |" in card
+    assert f"| Question: Who ran the bakery?<br>Answer: | {before} | {after} |" in card

@@ -366,7 +366,7 @@ def test_log_every(workdir: Path, overrides: list[str], expected: list[int]) -> 
     assert [r["step"] for r in runs.read_metrics(out)] == expected
 
 
-@pytest.mark.parametrize(("every", "expected"), [(2, [2, 4, 6]), (5, [5, 6])])
+@pytest.mark.parametrize(("every", "expected"), [(2, [0, 2, 4, 6]), (5, [0, 5, 6])])  # 0: the base model
 def test_eval_every(workdir: Path, every: int, expected: list[int]) -> None:
     out = _train(workdir, ["training.max_steps=6", "data.val_path=val.jsonl", f"training.eval_every={every}"])
     assert [r["step"] for r in runs.read_metrics(out, "eval")] == expected
@@ -392,11 +392,12 @@ def test_early_stopping_patience(workdir: Path) -> None:
     runs.write_jsonl(workdir / "contra.jsonl", contradicting)
     overrides = ["training.max_steps=30", "data.val_path=contra.jsonl", "training.eval_every=1"]
     out = _train(workdir, [*overrides, "training.early_stopping_patience=2"])
-    evals = runs.read_metrics(out, "eval")
+    base, *evals = runs.read_metrics(out, "eval")  # the base model's (step 0) counts for no patience
+    assert base["step"] == 0
     summary = json.loads((out / "final_model.json").read_text())
     best = min(range(len(evals)), key=lambda i: evals[i]["eval_loss"])
     assert summary["stop_reason"] == "early_stopping"
     assert len(evals) == best + 3 < 30  # the best, then 2 evaluations without a lower loss
     assert summary["steps"] == evals[-1]["step"]
     without = _train(workdir, overrides)
-    assert len(runs.read_metrics(without, "eval")) == 30
+    assert len(runs.read_metrics(without, "eval")) == 31

@@ -127,7 +127,7 @@ def test_loss_parts_reach_metrics_and_the_progress_line(tiny_checkpoints: dict[s
     assert train[0]["parts"]["l2"] > 0
     lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
     part = train[-1]["parts"]
-    shown = f"loss {train[-1]['loss']:.4f} (ce {part['ce']:.4f}, l2 {part['l2']:.4f}) | lr"
+    shown = f"loss {train[-1]['loss']:.4f} (ce {part['ce']:.4f}, l2 {part['l2']:.4f}) (smoothed "
     assert any(shown in line for line in lines)
 
 

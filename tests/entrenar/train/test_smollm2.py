@@ -72,6 +72,7 @@ def test_thirty_lora_steps_lower_the_validation_loss(
             + " -> ".join(f"{e['eval_loss']:.4f} (step {e['step']})" for e in evals)
             + f"; train loss {train[0]:.4f} -> {train[-1]:.4f}; {state.elapsed:.1f}s"
         )
-    assert [e["step"] for e in evals] == [10, 20, 30]
+    assert [e["step"] for e in evals] == [0, 10, 20, 30]  # 0: the base model, before the first step
+    assert evals[0]["eval_loss"] == before.loss  # the run's own evaluation of the base model
     assert evals[-1]["eval_loss"] < before.loss - 0.5  # measured: 3.35 -> 1.01
     assert evals[-1]["eval_token_accuracy"] > before.token_accuracy

@@ -237,6 +237,12 @@ def render_model_card(ctx: CardContext) -> str:
     metrics = _eval_rows(ctx.record)
     if metrics:
         sections.append("## Evaluation\n\n" + _table(("Metric", "Value"), metrics))
+    compared = _base_vs_tuned(ctx.record)
+    if compared:
+        sections.append(compared)
+    answered = _samples_section(_mapping(ctx.record.get("samples")))
+    if answered:
+        sections.append(answered)
     if ctx.has_loss_curve:
         sections.append(f"## Loss curve\n\n![Training loss]({LOSS_CURVE_NAME})\n")
     sections.append("## Usage\n\n" + _usage(ctx))
@@ -380,6 +386,44 @@ def _eval_rows(record: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(str(key), _number(value)) for key, value in metrics.items() if key not in ("step", "epoch", "kind")]
 
 
+def _base_vs_tuned(record: Mapping[str, Any]) -> str | None:
+    """The validation loss and perplexity of the base model (evaluated before training) and of the fine-tuned one,
+    or None without both."""
+    base, tuned = _mapping(record.get("base_eval")), _mapping(record.get("eval"))
+    keys = ("eval_loss", "eval_perplexity", "eval_token_accuracy")
+    if not base or not tuned or not all(is_number(base.get(k)) and is_number(tuned.get(k)) for k in keys):
+        return None
+    rows = [
+        (name, _number(base[key]), _number(tuned[key]))
+        for name, key in zip(("loss", "perplexity", "token accuracy"), keys, strict=True)
+    ]
+    return (
+        "## Base model vs fine-tuned\n\nOn the validation data (the base model evaluated before the first step):\n\n"
+        + _table(("Validation", "Base model", f"Fine-tuned (step {tuned.get('step')})"), rows)
+    )
+
+
+def _samples_section(samples: Mapping[str, Any]) -> str | None:
+    """The answers to the sample prompts before training and after it, or None without samples."""
+    before = {s.get("prompt"): s.get("answer") for s in samples.get("before") or [] if isinstance(s, Mapping)}
+    after = [s for s in samples.get("after") or [] if isinstance(s, Mapping)]
+    if not after:
+        return None
+    rows = [
+        (_quote(str(s.get("prompt"))), _quote(str(before.get(s.get("prompt"), ""))), _quote(str(s.get("answer"))))
+        for s in after
+    ]
+    step = samples.get("after_step")
+    return "## Sample answers\n\nGreedy answers to the run's sample prompts:\n\n" + _table(
+        ("Prompt", "Before training", f"After training (step {step})"), rows
+    )
+
+
+def _quote(text: str) -> str:
+    """One table cell: newlines as <br>, pipes escaped."""
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
 def _share(params: Mapping[str, Any]) -> str | None:
     trainable, total = params.get("trainable"), params.get("total")
     if not (is_number(trainable) and is_number(total) and total > 0):
@@ -455,9 +499,9 @@ def _number(value: Any) -> str:
     return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.4f}".rstrip("0").rstrip(".")
 
 
-def _table(header: tuple[str, str], rows: Sequence[tuple[str, str]]) -> str:
-    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
-    lines += [f"| {label} | {value} |" for label, value in rows]
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

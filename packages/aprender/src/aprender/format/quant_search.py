@@ -9,7 +9,11 @@ float divided by a tensor is a true division (`rdiv`, `cdiv`; torch's `c / t` mu
 `sqrtf` goes through float64 (torch's float32 `sqrt` on CPU is not correctly rounded), and every constant is the
 float32 value the C literal denotes (`0.1f`, not the double 0.1).
 
-Loops run over the few search steps and over a block's positions, each step vectorised across all blocks.
+Loops run over the few search steps and over a block's positions, each step vectorised across all blocks, in
+place in buffers made once per chunk of rows; a step rounds with `torch.round` where its values are provably small
+enough for that to equal `nearest_int`, and a search keeps each block's best scale (and shift), not its levels,
+which it rounds again at the end. Operations keep their operand order (`iscale * (x - min)`, not the reverse):
+which of two NaNs survives depends on it, and NaN payloads reach the bytes through fp16 fields and `nearest_int`.
 `quantize_rows` is the quantizers' common frame (validation by `check_rows`, chunks of rows, byte layout) and
 `fp16_bytes` writes ggml's `GGML_FP32_TO_FP16`; `quantize_legacy` and `quantize_k` build on them.
 """
@@ -33,6 +37,7 @@ __all__ = [
     "first_extreme",
     "fp16_bytes",
     "fp16_round",
+    "largest_magnitude",
     "make_qkx2_quants",
     "make_qkx3_quants",
     "make_qp_quants",
@@ -94,22 +99,34 @@ def fp16_bytes(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float16).reshape(-1, 1).view(torch.uint8)
 
 
-def sequential_sum(values: torch.Tensor, start: torch.Tensor | None = None, dim: int = -1) -> torch.Tensor:
+def sequential_sum(values: torch.Tensor, start: torch.Tensor | float = 0.0, dim: int = -1) -> torch.Tensor:
     """Sum over `dim` in index order, in float32, as a C `for` loop does.
 
+    On the CPU, one `np.add.reduce` over the slowest axis, which numpy adds one slice after another (its pairwise
+    summation is for the fastest axis only). Slices of one value each, and sums ending in NaN, take a loop of torch
+    adds instead: numpy keeps the first of two NaNs, torch the second, and NaN payloads reach the bytes.
+
     Args:
-        values: float32, summed over `dim` (fastest when `dim` is 0 of a contiguous tensor: each step adds
-            one contiguous slice).
-        start: the value the sum starts from, shaped as the result; C's `float s = 0` when None. ggml's
-            `make_qkx*_quants` start `sum_w` from `weights[0]` (pass the rest and `start=` the first).
+        values: float32, summed over `dim` (fastest when `dim` is 0 of a contiguous tensor: no copy).
+        start: the value the sums start from: shaped as the result, or one float for all (0.0: C's `float s = 0`;
+            -0.0 adds nothing to any float, so the sums start at `v[0]` itself, as ggml's `make_qkx*_quants` start
+            `sum_w = weights[0]`).
         dim: the dimension summed over.
 
     Returns:
         `values` without `dim`: `((start + v[0]) + v[1]) + ...`.
     """
-    slices = values.unbind(dim)
-    total = torch.zeros_like(slices[0]) if start is None else start.clone()
-    for piece in slices:
+    rows = values.movedim(dim, 0)
+    if rows.device.type == "cpu" and rows.dtype == torch.float32 and not rows.requires_grad and rows[0].numel() > 1:
+        stacked = torch.cat([start.unsqueeze(0), rows]) if isinstance(start, torch.Tensor) else rows
+        flat = stacked.contiguous().numpy().reshape(stacked.shape[0], -1)
+        initial = -0.0 if isinstance(start, torch.Tensor) else start  # -0.0 + start is start, bit for bit
+        with np.errstate(over="ignore", invalid="ignore"):  # ggml's sums overflow alike
+            total = np.add.reduce(flat, axis=0, initial=initial)
+        if not np.isnan(total).any():
+            return torch.from_numpy(total).reshape(rows.shape[1:])
+    total = start.clone() if isinstance(start, torch.Tensor) else torch.full_like(rows[0], start)
+    for piece in rows:
         total += piece
     return total
 
@@ -117,19 +134,50 @@ def sequential_sum(values: torch.Tensor, start: torch.Tensor | None = None, dim:
 def first_extreme(x: torch.Tensor, largest: bool, dim: int = -1) -> torch.Tensor:
     """The value a C scan `if (x[i] > m) m = x[i]` (or `<`) keeps over `dim`, kept as a size-1 dimension.
 
-    It differs from `amax`/`amin` only in the sign of a zero, which reaches the bytes through an fp16 field.
+    It differs from `amax`/`amin` only in the sign of a zero, which reaches the bytes through an fp16 field, and
+    where a NaN makes `amax` NaN: then the first value, as this port has always taken.
     """
     extreme = x.amax(dim=dim, keepdim=True) if largest else x.amin(dim=dim, keepdim=True)
-    first = (x == extreme).to(torch.uint8).argmax(dim=dim, keepdim=True)
-    return x.gather(dim, first)
+    unsure = (extreme == 0) | extreme.isnan()
+    if bool(unsure.any()):  # rare in real weights; argmax is 20-50x slower than amax
+        first = (x == extreme).to(torch.uint8).argmax(dim=dim, keepdim=True)
+        extreme = torch.where(unsure, x.gather(dim, first), extreme)
+    return extreme
+
+
+def largest_magnitude(x: torch.Tensor, dim: int = -1, skip_nan: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`x` where `|x|` first reaches its maximum over `dim`, and that maximum, as size-1 dimensions of 2-D `x`.
+
+    `x.gather(dim, x.abs().argmax(dim))` (ggml's scan for the value of largest magnitude) through `amax` and `amin`,
+    as argmax and `aminmax` are 10-50x slower: only blocks holding both +max and -max, a NaN or nothing but zeros
+    take argmax.
+    `skip_nan`: the magnitudes are `x.abs().nan_to_num(nan=0.0)` (ggml's `fabsf(x) > amax` never picks a NaN),
+    else `x.abs()`, where argmax takes a NaN as the largest.
+    """
+    low, high = x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True)
+    peak = torch.maximum(high, -low)
+    positive, negative = high == peak, low == -peak
+    value = torch.where(positive, peak, -peak)
+    ties = positive == negative
+    if skip_nan:  # `nan_to_num` makes an infinite magnitude the largest float, which a finite one may equal
+        ties |= peak.isinf()
+    ties = ties.flatten().nonzero().squeeze(1)
+    if len(ties):
+        rows = x.movedim(dim, -1)[ties]
+        magnitude = rows.abs().nan_to_num(nan=0.0) if skip_nan else rows.abs()
+        first = magnitude.argmax(dim=-1, keepdim=True)
+        value.view(-1)[ties] = rows.gather(-1, first).squeeze(-1)
+        peak.view(-1)[ties] = magnitude.gather(-1, first).squeeze(-1)
+    return value, peak
 
 
 BlockFields = Callable[[torch.Tensor, torch.Tensor | None], list[torch.Tensor]]
 """A type's quantizer proper: float32 (rows, n_per_row) and the imatrix (or None) -> its block fields, each
 (rows * blocks_per_row, field_bytes) of values in [0, 255], in the order the block struct lays them out."""
 
-CHUNK_VALUES = 1 << 22
-"""Rows are quantized in chunks of about this many values, so the searches' intermediates stay near 200 MB."""
+CHUNK_VALUES = 1 << 19
+"""Rows are quantized in chunks of about this many values (2 MB per float32 intermediate), so a search's working set
+stays in the CPU caches: Q4_K took 1.3x the time with 4x larger chunks and 1.2x with 4x smaller ones."""
 
 
 def check_rows(
@@ -197,6 +245,26 @@ def _positions_first(x: torch.Tensor) -> torch.Tensor:
     return x.t().contiguous()
 
 
+_TORCH_ROUND_EXACT = 2.0**21
+"""Below this magnitude `torch.round` (half to even) gives what `nearest_int`'s bias trick gives (below 2**22)."""
+
+
+def _rounded_levels(v: torch.Tensor, lo: int, hi: int, bounded: bool) -> torch.Tensor:
+    """`nearest_int(v).clamp(lo, hi)` as float32, in place in `v`; `bounded`: every |v| < `_TORCH_ROUND_EXACT`."""
+    if bounded:
+        return v.round_().clamp_(lo, hi)
+    return v.copy_(nearest_int(v).clamp_(lo, hi))
+
+
+def _bounded(iscale: torch.Tensor, ends: torch.Tensor, ignored: torch.Tensor) -> bool:
+    """Whether `|iscale * ends|` stays below `_TORCH_ROUND_EXACT` in every block but the `ignored` ones.
+
+    `ends`: (2, n), each block's smallest and largest x (or x - shift); `iscale * (x - shift)` rounds monotonically
+    in x, so they bound it. A NaN or an infinity fails the test.
+    """
+    return bool(((iscale * ends).abs().amax(dim=0) < _TORCH_ROUND_EXACT).logical_or(ignored).all())
+
+
 def make_qx_quants(
     x: torch.Tensor, nmax: int, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,38 +287,33 @@ def make_qx_quants(
     xt = _positions_first(x)
     w = xt * xt if weights is None else _positions_first(weights)
     wx = w * xt
-    magnitude = xt.abs().nan_to_num(nan=0.0)  # ggml's `fabsf(x) > amax` never picks a NaN; argmax would
-    first = magnitude.argmax(dim=0, keepdim=True)
-    vmax = xt.gather(0, first)
+    vmax, peak = largest_magnitude(xt, dim=0, skip_nan=True)
+    zero = peak < GROUP_MAX_EPS  # all-zero blocks: written as zeros whatever their search found
+    ends = torch.cat([xt.amin(dim=0, keepdim=True), xt.amax(dim=0, keepdim=True)])
+    levels = torch.empty_like(xt)
+    product = torch.empty_like(xt)  # one buffer for each product in turn: the working set stays in cache
 
-    def fit(iscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        levels = nearest_int(iscale * xt).clamp(-nmax, nmax - 1)
-        lf = levels.to(torch.float32)
-        return levels, sequential_sum(wx * lf, dim=0), sequential_sum(w * lf * lf, dim=0)
+    def fit(iscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lf = _rounded_levels(torch.mul(iscale, xt, out=levels), -nmax, nmax - 1, _bounded(iscale, ends, zero))
+        sumlx = sequential_sum(torch.mul(wx, lf, out=product), dim=0)
+        return sumlx, sequential_sum(torch.mul(w, lf, out=product).mul_(lf), dim=0)
 
-    best_levels, sumlx, suml2 = fit(rdiv(-float(nmax), vmax))
+    best_iscale = rdiv(-float(nmax), vmax)
+    sumlx, suml2 = fit(best_iscale)
     scale = torch.where(suml2 != 0, sumlx / suml2, 0.0)
     best = scale * sumlx
     for step in range(-9, 10):
         if step == 0:
             continue
-        levels, sumlx, suml2 = fit(rdiv(-f32(nmax + f32(f32(0.1) * step)), vmax))
+        iscale = rdiv(-f32(nmax + f32(f32(0.1) * step)), vmax)
+        sumlx, suml2 = fit(iscale)
         better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        best_levels = torch.where(better, levels, best_levels)
+        best_iscale = torch.where(better, iscale, best_iscale)
         scale = torch.where(better, sumlx / suml2, scale)
         best = torch.where(better, scale * sumlx, best)
-    zero = magnitude.gather(0, first).squeeze(0) < GROUP_MAX_EPS
-    levels = torch.where(zero, 0, best_levels + nmax).t().contiguous()
-    return torch.where(zero, 0.0, scale), levels
-
-
-def _weighted_error(
-    scale: torch.Tensor, offset: torch.Tensor, levels: torch.Tensor, xt: torch.Tensor, w: torch.Tensor, use_mad: bool
-) -> torch.Tensor:
-    """Sum over positions of `w * |diff|` or `w * diff**2`, `diff = scale * L + min - x`, in C order: (n,)."""
-    diff = scale * levels.to(torch.float32) + offset - xt
-    diff = diff.abs() if use_mad else diff * diff
-    return sequential_sum(w * diff, dim=0)
+    levels = nearest_int(best_iscale * xt).clamp_(-nmax, nmax - 1).add_(nmax)  # the C rounds the best scale again
+    levels = (torch.where(zero, 0, levels) if bool(zero.any()) else levels).t().contiguous()  # int where: slow
+    return torch.where(zero, 0.0, scale).squeeze(0), levels
 
 
 def make_qkx2_quants(
@@ -282,37 +345,50 @@ def make_qkx2_quants(
         min >= 0 get scale 0 and levels 0.
     """
     xt, w = _positions_first(x), _positions_first(weights)
-    wx = w * xt
-    sum_w = sequential_sum(w[1:], start=w[0], dim=0)
-    sum_x = sequential_sum(wx[1:], start=wx[0], dim=0)
+    levels, wl, product = torch.empty_like(xt), torch.empty_like(xt), torch.empty_like(xt)
+    torch.mul(w, xt, out=product)
+    sum_w = sequential_sum(w, start=-0.0, dim=0)  # C starts both sums from element 0
+    sum_x = sequential_sum(product, start=-0.0, dim=0)
     vmin = first_extreme(xt, largest=False, dim=0)
     offset = torch.where(vmin > 0, 0.0, vmin)  # (1, n): ggml's `min`, updated with each better fit
     vmax = xt.amax(dim=0, keepdim=True)
-    flat = vmax == offset
+    flat = vmax == offset  # constant blocks: written as zeros whatever their search found
+    ends = torch.cat([vmin, vmax])
 
-    iscale = rdiv(float(nmax), vmax - offset)
-    scale = rdiv(1.0, iscale)
-    levels = nearest_int(iscale * (xt - offset)).clamp(0, nmax)
-    best_error = _weighted_error(scale, offset, levels, xt, w, use_mad)
+    def trial(iscale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """`nearest_int(iscale * (x - shift)).clamp(0, nmax)` as float32, in `levels`."""
+        bounded = _bounded(iscale, ends - shift, flat)
+        return _rounded_levels(torch.mul(iscale, torch.sub(xt, shift, out=levels), out=levels), 0, nmax, bounded)
+
+    def weighted_error(scale: torch.Tensor, shift: torch.Tensor, lf: torch.Tensor) -> torch.Tensor:
+        """Sum over positions of `w * |d|` or `w * d**2`, `d = scale * l + shift - x`, in C order: (n,)."""
+        diff = torch.mul(scale, lf, out=product).add_(shift).sub_(xt)
+        return sequential_sum(torch.mul(w, diff.abs_() if use_mad else diff.mul_(diff), out=diff), dim=0)
+
+    best_iscale, best_shift = rdiv(float(nmax), vmax - offset), offset
+    scale = rdiv(1.0, best_iscale)
+    best_error = weighted_error(scale, offset, trial(best_iscale, offset))
     for step in range(nstep + 1 if nstep >= 1 else 0):
-        factor = f32(f32(f32(rmin) + f32(f32(rdelta) * step)) + nmax)
-        trial = nearest_int(rdiv(factor, vmax - offset) * (xt - offset)).clamp(0, nmax)
-        lf = trial.to(torch.float32)
-        wl = w * lf
-        sum_l, sum_l2, sum_xl = (sequential_sum(t, dim=0) for t in (wl, wl * lf, wl * xt))
+        iscale = rdiv(f32(f32(f32(rmin) + f32(f32(rdelta) * step)) + nmax), vmax - offset)
+        lf = trial(iscale, offset)
+        sum_l = sequential_sum(torch.mul(w, lf, out=wl), dim=0)
+        sum_l2 = sequential_sum(torch.mul(wl, lf, out=product), dim=0)
+        sum_xl = sequential_sum(torch.mul(wl, xt, out=product), dim=0)
         det = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
         clamp = this_min > 0
         this_min = torch.where(clamp, 0.0, this_min)
         this_scale = torch.where(clamp, sum_xl / sum_l2, this_scale)
-        error = _weighted_error(this_scale, this_min, trial, xt, w, use_mad)
+        error = weighted_error(this_scale, this_min, lf)
         better = (det > 0) & (error < best_error) & ~flat
-        levels = torch.where(better, trial, levels)
         best_error = torch.where(better, error, best_error)
         scale = torch.where(better, this_scale, scale)
+        best_iscale = torch.where(better, iscale, best_iscale)
+        best_shift = torch.where(better, offset, best_shift)
         offset = torch.where(better, this_min, offset)
-    levels = torch.where(flat, 0, levels).t().contiguous()
+    levels = trial(best_iscale, best_shift).to(torch.int32)  # the search keeps scales; the levels come again
+    levels = (torch.where(flat, 0, levels) if bool(flat.any()) else levels).t().contiguous()  # int where: slow
     return torch.where(flat, 0.0, scale).squeeze(0), -offset.squeeze(0), levels
 
 

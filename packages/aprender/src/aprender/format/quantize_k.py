@@ -21,6 +21,7 @@ from aprender.format.quant_search import (
     cdiv,
     fp16_bytes,
     fp16_round,
+    largest_magnitude,
     make_qkx2_quants,
     make_qkx3_quants,
     make_qp_quants,
@@ -55,10 +56,11 @@ def _pack_scales(ls: torch.Tensor, lm: torch.Tensor) -> torch.Tensor:
 
 def _ref_scales(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, ...]:
     """`quantize_row_q{4,5}_K_ref`'s search: d, dmin (n,), 6-bit scales and mins (n, 8), levels (n * 8, 32)."""
-    sub = x.reshape(-1, 32)
-    av_x = sqrtf(cdiv(sequential_sum(sub * sub), 32.0)).unsqueeze(-1)
+    columns = x.reshape(-1, 32).t().contiguous()  # positions first, as the search works; its .t() costs no copy
+    av_x = sqrtf(cdiv(sequential_sum(columns * columns, dim=0), 32.0))
     rmin, rdelta, nstep = _REF_SEARCH[nmax]
-    scales, mins, levels = make_qkx2_quants(sub, nmax, av_x + sub.abs(), rmin, rdelta, nstep, False)
+    weights = av_x + columns.abs()
+    scales, mins, levels = make_qkx2_quants(columns.t(), nmax, weights.t(), rmin, rdelta, nstep, False)
     scales, mins = scales.reshape(-1, 8), mins.reshape(-1, 8)
     max_scale = scales.amax(dim=-1, keepdim=True)
     max_scale = torch.where(max_scale > 0, max_scale, 0.0)  # C: `scale > max_scale` from +0.0
@@ -97,9 +99,14 @@ def _affine_k(x: torch.Tensor, qw: torch.Tensor | None, nmax: int) -> tuple[list
     sc, m = k_scales_mins(packed)
     dq = (fp16_round(d).unsqueeze(-1) * sc.to(torch.float32)).reshape(-1, 1)
     mq = (fp16_round(dmin).unsqueeze(-1) * m.to(torch.float32)).reshape(-1, 1)
-    requantized = nearest_int((x.reshape(-1, 32) + mq) / dq).clamp(0, nmax)
-    levels = torch.where(dq != 0, requantized, levels).reshape(-1, QK_K)
-    return [fp16_bytes(d), fp16_bytes(dmin), packed], levels
+    requantized = nearest_int((x.reshape(-1, 32) + mq) / dq).clamp_(0, nmax)
+    return [fp16_bytes(d), fp16_bytes(dmin), packed], _unless_zero_step(dq, requantized, levels).reshape(-1, QK_K)
+
+
+def _unless_zero_step(step: torch.Tensor, requantized: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """`requantized`, but the search's `levels` in sub-blocks whose `step` (n, 1) is 0 (the C's `if (!d) continue`)."""
+    zero = step == 0
+    return torch.where(zero, levels, requantized) if bool(zero.any()) else requantized  # int where: slow
 
 
 def _nibble_pairs(levels: torch.Tensor) -> torch.Tensor:
@@ -125,7 +132,7 @@ def _q6_k_bits(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     quarters = levels.reshape(-1, 2, 4, 32)
     low = quarters & 0x0F
     ql = torch.cat([low[:, :, 0] | (low[:, :, 2] << 4), low[:, :, 1] | (low[:, :, 3] << 4)], dim=-1)
-    high = (quarters >> 4) << torch.tensor([0, 2, 4, 6], device=levels.device).reshape(1, 1, 4, 1)
+    high = (quarters >> 4) << torch.tensor([0, 2, 4, 6], dtype=levels.dtype, device=levels.device).reshape(1, 1, 4, 1)
     return ql.reshape(-1, 128), high.sum(dim=2).reshape(-1, 64)
 
 
@@ -135,17 +142,16 @@ def _q6_k(x: torch.Tensor, qw: torch.Tensor | None) -> list[torch.Tensor]:
     weights = None if qw is None else qw.reshape(1, -1).expand(x.shape[0], -1).reshape(-1, 16)
     scales, levels = make_qx_quants(sub, 32, weights)
     scales = scales.reshape(-1, 16)
-    magnitude = scales.abs().nan_to_num(nan=0.0)  # ggml's `fabsf(scale) > max_abs_scale` scan never picks a NaN
-    first = magnitude.argmax(dim=-1, keepdim=True)
-    zero = magnitude.gather(-1, first) < GROUP_MAX_EPS  # (n, 1): the block is written as 210 zero bytes
-    iscale = rdiv(-128.0, scales.gather(-1, first))
+    max_scale, max_abs = largest_magnitude(scales, skip_nan=True)  # ggml's `fabsf(scale) > max_abs_scale` scan
+    zero = max_abs < GROUP_MAX_EPS  # (n, 1): the block is written as 210 zero bytes
+    iscale = rdiv(-128.0, max_scale)
     d = rdiv(1.0, iscale)
     q_scales = ((nearest_int(iscale * scales).clamp(max=127) + 128) & 0xFF) - 128  # stored as int8_t
     dq = (fp16_round(d) * q_scales.to(torch.float32)).reshape(-1, 1)
-    requantized = nearest_int(sub / dq).clamp(-32, 31) + 32
-    ql, qh = _q6_k_bits(torch.where(dq != 0, requantized, levels).reshape(-1, QK_K))
-    fields = [ql, qh, q_scales.to(torch.int8).view(torch.uint8), fp16_bytes(d.squeeze(-1))]
-    return [torch.where(zero, 0, f.to(torch.uint8)) for f in fields]
+    requantized = nearest_int(sub / dq).clamp_(-32, 31).add_(32)
+    ql, qh = _q6_k_bits(_unless_zero_step(dq, requantized, levels).reshape(-1, QK_K))
+    fields = [f.to(torch.uint8) for f in (ql, qh, q_scales.to(torch.int8).view(torch.uint8), fp16_bytes(d.squeeze(-1)))]
+    return [torch.where(zero, 0, f) for f in fields] if bool(zero.any()) else fields
 
 
 def quantize_q4_k(values: torch.Tensor, imatrix: torch.Tensor | None = None) -> np.ndarray:

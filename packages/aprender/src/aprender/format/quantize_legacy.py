@@ -18,6 +18,7 @@ from aprender.format.quant_search import (
     cdiv,
     first_extreme,
     fp16_bytes,
+    largest_magnitude,
     make_qkx3_quants,
     make_qx_quants,
     quantize_rows,
@@ -29,6 +30,7 @@ from aprender.format.quant_search import (
 __all__ = ["quantize_q4_0", "quantize_q4_1", "quantize_q5_0", "quantize_q5_1", "quantize_q8_0"]
 
 QK = 32
+_BELOW_HALF = float(np.nextafter(np.float32(0.5), np.float32(0.0)))
 
 
 def _nibbles(codes: torch.Tensor) -> torch.Tensor:
@@ -38,8 +40,8 @@ def _nibbles(codes: torch.Tensor) -> torch.Tensor:
 
 def _high_bits(codes: torch.Tensor) -> torch.Tensor:
     """Q5's `qh`: bit j of a little-endian u32 is bit 4 of code j: (n, 32) codes -> (n, 4) bytes."""
-    bits = ((codes >> 4) & 1).reshape(-1, 4, 8)
-    return (bits << torch.arange(8, device=codes.device)).sum(dim=-1)
+    bits = (codes & 16).to(torch.float32).reshape(-1, 4, 8)  # 16 * bit 4
+    return bits @ (2.0 ** torch.arange(-4.0, 4.0, device=codes.device))  # exact: sums of distinct powers of two
 
 
 def _row_weights(x: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
@@ -59,13 +61,11 @@ def _symmetric(x: torch.Tensor, qw: torch.Tensor | None, nmax: int) -> tuple[tor
     blocks = x.reshape(-1, QK)
     if qw is not None:
         return make_qx_quants(blocks, nmax, _row_weights(x, qw))
-    magnitude = blocks.abs()
-    first = magnitude.argmax(dim=-1, keepdim=True)
-    amax = magnitude.gather(-1, first)
-    vmax = torch.where(amax > 0, blocks.gather(-1, first), 0.0)  # `amax < |v|` from 0: +0.0 for all-zero blocks
+    vmax, amax = largest_magnitude(blocks)
+    vmax = torch.where(amax > 0, vmax, 0.0)  # `amax < |v|` from 0: +0.0 for all-zero blocks
     d = cdiv(vmax, float(-nmax))
     inv = torch.where(d != 0, rdiv(1.0, d), 0.0)
-    codes = _trunc(blocks * inv + (nmax + 0.5)).clamp(max=2 * nmax - 1)
+    codes = _trunc((blocks * inv).add_(nmax + 0.5)).clamp_(max=2 * nmax - 1)
     return d.squeeze(-1), codes
 
 
@@ -109,8 +109,8 @@ def _q8_0(x: torch.Tensor, qw: torch.Tensor | None) -> list[torch.Tensor]:
     blocks = x.reshape(-1, QK)
     d = cdiv(blocks.abs().amax(dim=-1, keepdim=True), 127.0)
     scaled = blocks * torch.where(d != 0, rdiv(1.0, d), 0.0)
-    tie = scaled.abs() - scaled.abs().floor() == 0.5
-    q = torch.where(tie, scaled.trunc() + scaled.sign(), scaled.round())
+    # |s| + 0.49999997 (the float below 0.5) truncates to roundf(|s|), ties and 0.49999997 itself included
+    q = scaled.abs().add_(_BELOW_HALF).trunc_().copysign_(scaled)
     return [fp16_bytes(d.squeeze(-1)), q.to(torch.int8).view(torch.uint8)]
 
 

@@ -48,7 +48,6 @@ from typing import Any
 import torch
 import yaml
 
-from entrenar.train import Callback, EvalMetrics, Trainer
 from entrenar.train.records import EvalRecord, read_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -225,19 +224,10 @@ def cut_student(base: Path, layers: Sequence[tuple[int, int]], out: Path) -> Pat
     return out
 
 
-class EvalAtStart(Callback):
-    """Evaluates the model before its first step (the trainer evaluates only after steps)."""
-
-    def __init__(self) -> None:
-        self.metrics: EvalMetrics | None = None
-
-    def on_train_begin(self, trainer: Trainer) -> None:
-        self.metrics = trainer.evaluate()
-
-
 @dataclass
 class StudentRun:
-    """One student run: its evaluations (step 0 from `EvalAtStart`), output folder and wall time."""
+    """One student run: its evaluations (step 0: the loop's evaluation of the model before training), output folder
+    and wall time."""
 
     name: str
     alpha: float
@@ -247,7 +237,7 @@ class StudentRun:
 
 
 def train_student(name: str, config: dict[str, Any], path: Path, *, teacher: Teacher, layers: str) -> StudentRun:
-    """Run `config` with ``entrenar train``'s own entry point and an evaluation before the first step.
+    """Run `config` with ``entrenar train``'s own entry point (which evaluates the model before the first step).
 
     The run is reused when its config, teacher and layers are those of the last run in its folder (the plain
     run's config does not depend on ``--alpha`` or ``--temperature``, so trying those trains one run each).
@@ -263,20 +253,8 @@ def train_student(name: str, config: dict[str, Any], path: Path, *, teacher: Tea
         return StudentRun(name, config["distill"]["alpha"], output_dir, found["evals"], found["seconds"])
     saved.unlink(missing_ok=True)  # a run killed from here on leaves no record to reuse
     started = time.perf_counter()
-    start = EvalAtStart()
-    run_training(load_config(write_yaml(config, path)), resume=False, callbacks=[start])
-    assert start.metrics is not None
-    before = {
-        "step": 0,
-        "eval_loss": start.metrics.loss,
-        "eval_perplexity": start.metrics.perplexity,
-        "eval_token_accuracy": start.metrics.token_accuracy,
-        "eval_tokens": start.metrics.tokens,
-        "eval_kl_to_teacher": start.metrics.kl_to_teacher,
-    }
-    run = StudentRun(
-        name, config["distill"]["alpha"], output_dir, [before, *evals(output_dir)], time.perf_counter() - started
-    )
+    run_training(load_config(write_yaml(config, path)), resume=False)
+    run = StudentRun(name, config["distill"]["alpha"], output_dir, evals(output_dir), time.perf_counter() - started)
     saved.write_text(json.dumps({"key": key, "evals": run.evals, "seconds": run.seconds}, indent=1), encoding="utf-8")
     return run
 

@@ -46,7 +46,15 @@ from entrenar.train.records import EpochSummary, EvalRecord, MetricRecord, Sampl
 if TYPE_CHECKING:
     from entrenar.train.loop import Trainer
 
-__all__ = ["Callback", "CheckpointSaver", "EarlyStopping", "MetricsLogger", "ProgressDisplay", "smoothed_loss"]
+__all__ = [
+    "Callback",
+    "CheckpointSaver",
+    "ClosingCallback",
+    "EarlyStopping",
+    "MetricsLogger",
+    "ProgressDisplay",
+    "smoothed_loss",
+]
 
 
 class Callback:
@@ -166,7 +174,27 @@ def _format_eta(seconds: float) -> str:
     return str(timedelta(seconds=round(seconds)))
 
 
-class ProgressDisplay(Callback):
+class ClosingCallback(Callback):
+    """A callback holding something open (a progress bar, a file) that it closes however the run ends: finished,
+    interrupted or stopped by an error."""
+
+    def close(self) -> None:
+        """Close what the callback holds; calling it again does nothing."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """`close`."""
+        self.close()
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        """`close`."""
+        self.close()
+
+    def on_error(self, trainer: Trainer, error: Exception) -> None:
+        """`close`."""
+        self.close()
+
+
+class ProgressDisplay(ClosingCallback):
     """Shows progress: a rich bar on a terminal, plain lines (one per log record) elsewhere.
 
     Args:
@@ -244,19 +272,8 @@ class ProgressDisplay(Callback):
             stats = self._describe(trainer, record).split(" | ", 1)[1] if record is not None else ""
             self._progress.update(self._task, completed=trainer.state.step, stats=stats)
 
-    def on_train_end(self, trainer: Trainer) -> None:
-        """Stop the bar."""
-        self._close()
-
-    def on_interrupt(self, trainer: Trainer) -> None:
-        """Stop the bar."""
-        self._close()
-
-    def on_error(self, trainer: Trainer, error: Exception) -> None:
-        """Stop the bar (the error message follows it)."""
-        self._close()
-
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Stop the bar (so a message that follows is not drawn over)."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aprender.format.tfevents import EventWriter
-from entrenar.train.callbacks import Callback
+from entrenar.train.callbacks import ClosingCallback
 from entrenar.train.records import EvalRecord, TrainRecord
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def train_scalars(record: TrainRecord) -> dict[str, float]:
     return scalars | {f"parts/{name}": float(value) for name, value in record.get("parts", {}).items()}
 
 
-class TensorBoardLogger(Callback):
+class TensorBoardLogger(ClosingCallback):
     """Writes every ``metrics.jsonl`` record as TensorBoard scalars (module docstring).
 
     Args:
@@ -65,19 +65,8 @@ class TensorBoardLogger(Callback):
         self._writer.add_scalars(scalars, step=record["step"])
         self._writer.flush()
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def close(self) -> None:
         """Close the file."""
-        self._close()
-
-    def on_interrupt(self, trainer: Trainer) -> None:
-        """Close the file."""
-        self._close()
-
-    def on_error(self, trainer: Trainer, error: Exception) -> None:
-        """Close the file."""
-        self._close()
-
-    def _close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -29,6 +29,8 @@ __all__ = [
     "METRICS_NAME",
     "OUTPUTS",
     "PUBLISH_FORMATS",
+    "QAT_INTEGER_FORMATS",
+    "QAT_NON_GGUF_FORMATS",
     "QUANTIZE_SAMPLES",
     "QUANTIZE_SEQ_LEN",
     "QUANT_TYPES",
@@ -69,6 +71,10 @@ ALL_LINEAR = "all-linear"
 """``lora.target_modules`` value selecting every linear layer but the LM head (PEFT's)."""
 QUANT_TYPES = ("nf4", "int8")
 """``quantize.type``: the frozen base of QLoRA."""
+QAT_INTEGER_FORMATS = ("int8", "int4")
+"""``qat.format`` values that take a ``group_size``."""
+QAT_NON_GGUF_FORMATS = ("nf4", *QAT_INTEGER_FORMATS)
+"""``qat.format`` values that are not GGUF file types (no GGUF file stores them as trained)."""
 IGNORE_INDEX = -100
 HIDDEN_LOSSES = ("mse", "cosine")
 """``distill.hidden.loss``: how paired hidden states are compared (`entrenar.distill.hidden`)."""

@@ -23,7 +23,6 @@ from entrenar.config._values import Context, read_section
 from entrenar.config.schema import (
     ADAM_FAMILY,
     DECAYING_SCHEDULERS,
-    QAT_INTEGER_FORMATS,
     SKEW_LOSSES,
     DataSection,
     DistillSection,
@@ -37,6 +36,7 @@ from entrenar.config.schema import (
     SchedulerSection,
     TrainingSection,
 )
+from entrenar.constants import QAT_INTEGER_FORMATS, QAT_NON_GGUF_FORMATS
 
 Values = dict[str, Any]
 SAMPLE_MAX_NEW_TOKENS = 64
@@ -233,9 +233,7 @@ def build_publish(raw: object, has_lora: bool, ctx: Context, qat_format: object 
     fmt = values.setdefault("format", PublishSection.format)
     _only_for(values, "gguf_type", "publish", "format", ("gguf",), ctx)
     if fmt == "gguf":
-        trained = (
-            qat_format if isinstance(qat_format, str) and qat_format not in ("nf4", *QAT_INTEGER_FORMATS) else None
-        )
+        trained = qat_format if isinstance(qat_format, str) and qat_format not in QAT_NON_GGUF_FORMATS else None
         _default(values, "gguf_type", trained or "f16")
         _check_gguf_types(values, ctx)
         if values.get("merge_adapters") is False:
@@ -445,7 +443,7 @@ def build_qat(raw: object, data: dict[Any, Any], max_steps: int | None, ctx: Con
     if "format" not in values:  # reported as missing
         return values
     fmt = values["format"] = str(values["format"]).lower()
-    if fmt not in ("nf4", *QAT_INTEGER_FORMATS):
+    if fmt not in QAT_NON_GGUF_FORMATS:
         _check_qat_gguf_type(fmt, ctx)
     if values.get("group_size") is not None and fmt not in QAT_INTEGER_FORMATS and ctx.ok("qat.format"):
         ctx.report("qat.group_size", f"applies to qat.format int8 or int4 only, not {fmt}; remove it", "qat.format")

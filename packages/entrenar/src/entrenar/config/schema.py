@@ -74,7 +74,6 @@ QUANT_BITS = (4, 8)
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts more
 SKEW_LOSSES = ("skew_forward_kl", "skew_reverse_kl")
 PRUNE_SCHEDULES = ("gradual", "oneshot", "keep")
-QAT_INTEGER_FORMATS = ("int8", "int4")
 QAT_ACTIVATIONS = ("int8",)
 REPORT_TO = ("tensorboard",)
 

@@ -40,7 +40,7 @@ import yaml
 from aprender.atomic import atomic_write_text
 from aprender.constants import REPOCARD_NAME
 from entrenar import __version__
-from entrenar.constants import TECHNIQUE_NAMES
+from entrenar.constants import QAT_NON_GGUF_FORMATS, TECHNIQUE_NAMES
 from entrenar.publish.curve import LOSS_CURVE_NAME, LossPoints, is_number, loss_curve_svg
 
 __all__ = [
@@ -284,7 +284,7 @@ def _qat_section(qat: Mapping[str, Any]) -> str:
     quantizers = [str(item) for item in qat.get("quantizers") or []]
     if quantizers:
         text += "Rounded as: " + "; ".join(quantizers) + ".\n"
-    if fmt not in ("nf4", "int8", "int4"):
+    if fmt not in QAT_NON_GGUF_FORMATS:
         text += (
             f"`entrenar publish --format gguf --gguf-type {fmt}` and `entrenar quantize --gguf {fmt}` (without "
             "`--calibration`) store these weights exactly as they were rounded in training.\n"

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["export_line", "trained_format", "trained_gguf_type"]
+from entrenar.constants import QAT_NON_GGUF_FORMATS
 
-_NON_GGUF = ("nf4", "int8", "int4")
+__all__ = ["export_line", "trained_format", "trained_gguf_type"]
 
 
 def trained_format(record: Mapping[str, Any]) -> str | None:
@@ -28,7 +28,7 @@ def trained_format(record: Mapping[str, Any]) -> str | None:
 def trained_gguf_type(record: Mapping[str, Any]) -> str | None:
     """The GGUF file type a QAT model trained for, or None (no QAT, or an nf4/int8/int4 format)."""
     fmt = trained_format(record)
-    return None if fmt is None or fmt in _NON_GGUF else fmt
+    return None if fmt is None or fmt in QAT_NON_GGUF_FORMATS else fmt
 
 
 def export_line(record: Mapping[str, Any], gguf_type: str, *, calibrated: bool = False) -> str | None:
@@ -44,7 +44,7 @@ def export_line(record: Mapping[str, Any], gguf_type: str, *, calibrated: bool =
         return None
     written = gguf_type.upper()
     if fmt != gguf_type.lower():
-        keep = f"; write {fmt} to keep them" if fmt not in _NON_GGUF else ""
+        keep = f"; write {fmt} to keep them" if fmt not in QAT_NON_GGUF_FORMATS else ""
         return (
             f"note: the model was trained for {fmt} (qat:), so {written} rounds its weights differently from what it "
             f"trained for{keep}"

@@ -102,8 +102,8 @@ class Trainer:
     Args:
         run: The built run (`entrenar.train.build_run`).
         callbacks: Called around each step, in order (see `entrenar.train.callbacks`), after the callbacks of the
-            run's techniques (`TrainingRun.technique_callbacks`: pruning masks), which every trainer of the run
-            applies.
+            run's techniques (`TrainingRun.technique_callbacks`: pruning masks, the QAT switch), which every trainer
+            of the run applies.
         checkpoint_dir: The ``checkpoints`` folder; None: `save_checkpoint` refuses.
     """
 
@@ -253,12 +253,12 @@ class Trainer:
         started = time.perf_counter()
         metrics = self.evaluate()
         self._window_start += time.perf_counter() - started  # evaluation time does not count against tokens/s
-        if base:
-            pass
-        elif state.best_eval_loss is None or metrics.loss < state.best_eval_loss:
-            state.best_eval_loss, state.best_eval_step, state.evals_without_improvement = metrics.loss, state.step, 0
-        else:
-            state.evals_without_improvement += 1
+        if not base:
+            if state.best_eval_loss is None or metrics.loss < state.best_eval_loss:
+                state.best_eval_loss, state.best_eval_step = metrics.loss, state.step
+                state.evals_without_improvement = 0
+            else:
+                state.evals_without_improvement += 1
         record: EvalRecord = {
             "kind": "eval",
             "step": state.step,

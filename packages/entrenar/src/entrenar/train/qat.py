@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from entrenar.config import QatSection
+from entrenar.constants import QAT_NON_GGUF_FORMATS
 from entrenar.display import Report, silent
 from entrenar.errors import QuantizationError
 from entrenar.lora.linear import LoRALinear
@@ -143,7 +144,7 @@ class QatSwitch(Callback):
 
 def _quantizers(section: QatSection, names: Sequence[str], model_dir: Path) -> dict[str, WeightQuantizer]:
     """The quantizer of each weight (checkpoint name): the GGUF mixture's type, or the one integer/NF4 quantizer."""
-    if section.format in ("nf4", "int8", "int4"):
+    if section.format in QAT_NON_GGUF_FORMATS:
         quantizer = weight_quantizer(section.format, group_size=section.group_size)
         return dict.fromkeys(names, quantizer)
     from aprender.format.gguf_export import export_tensor_types
@@ -184,7 +185,7 @@ def prepare_qat(
     linears = decoder_linears(model)
     quantizers = _quantizers(section, list(linears), model_dir)
     for name, module in linears.items():
-        if section.format in ("nf4", "int8", "int4"):  # the GGUF mixture's fallbacks always fit
+        if section.format in QAT_NON_GGUF_FORMATS:  # the GGUF mixture's fallbacks always fit
             _check_fits(name, module, quantizers[name])
         fake_quant = LayerFakeQuant(quantizers[name], section.activations == "int8", switch)
         if isinstance(module, LoRALinear):
